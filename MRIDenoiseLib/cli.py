@@ -1,0 +1,176 @@
+"""The ``mridenoise`` command: denoise, demo, evaluate, train.
+
+Errors a user can fix (bad input, missing weights) print one line on stderr and exit 2; nothing is
+written. Progress bars go to stderr and ``--quiet`` silences everything but errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .inference import Cancelled, DeviceUnavailable
+from .io import InputError
+from .model import WeightsError
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+class Reporter:
+    """Prints lines and per-stage progress bars unless quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self._bar, self._stage = None, None
+
+    def line(self, text: str) -> None:
+        self.close()
+        if not self.quiet:
+            print(text, flush=True)
+
+    def progress(self, stage: str, fraction: float) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = tqdm(total=100, desc=f"{stage:>16}", file=sys.stderr, leave=False,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        self._bar.update(round(100 * fraction) - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    from .batch import denoise_file
+
+    reporter = Reporter(args.quiet)
+    denoise_file(
+        args.input, args.output, bias_correction=not args.no_n4, device=args.device,
+        save_bias=args.save_bias, save_residual=args.save_residual, sigma=args.sigma,
+        volume=args.volume, weights=args.weights, reporter=reporter,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output_dir), noise_percent=args.noise, device=args.device, reporter=Reporter(args.quiet))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_files
+
+    rows = evaluate_files(args.reference, args.results, mask_path=args.mask)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        width = max(len(row["result"]) for row in rows)
+        print(f"{'result':<{width}}  PSNR (dB)  SSIM")
+        for row in rows:
+            print(f"{row['result']:<{width}}  {row['psnr']:9.2f}  {row['ssim']:.4f}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import DEFAULT_WEIGHTS, load_network
+    from .training.loop import TrainConfig, train_from_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init = None
+    if args.warm_start:
+        init = Path(args.init_weights) if args.init_weights else DEFAULT_WEIGHTS
+    config = TrainConfig(steps=args.steps, learning_rate=args.lr, patch=args.patch, seed=args.seed,
+                         validate_every=args.validate_every, checkpoint_every=args.checkpoint_every)
+    if init is not None:
+        config.network = load_network(init).config.to_dict()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.jsonl", "a") as log_file:
+        def log(record: dict) -> None:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if not args.quiet:
+                print(json.dumps(record), flush=True)
+
+        train_from_folder(args.data_dir, out, config, init_weights=init, log=log)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mridenoise", description="Remove Rician noise and bias field from MRI volumes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    denoise = commands.add_parser("denoise", help="denoise (and bias-correct) one scan")
+    denoise.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
+    denoise.add_argument("output", help="output file (.nii.gz, .nrrd, .mha ...)")
+    denoise.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
+    denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")
+    denoise.add_argument("--sigma", type=float, help="noise sigma in the input's units (default: estimated)")
+    denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise")
+    denoise.add_argument("--weights", help="weights file (default: the bundled model)")
+    denoise.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    denoise.set_defaults(run=_denoise)
+
+    demo = commands.add_parser("demo", help="denoise the MNI152 T1 template with known noise and bias added")
+    demo.add_argument("--output-dir", default="mridenoise_demo")
+    demo.add_argument("--noise", type=float, default=5.0, help="Rician sigma, percent of the maximum (default 5)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(run=_demo)
+
+    evaluate = commands.add_parser("evaluate", help="PSNR and SSIM of results against a reference, inside the head")
+    evaluate.add_argument("reference")
+    evaluate.add_argument("results", nargs="+")
+    evaluate.add_argument("--mask", help="mask file (default: head mask of the reference)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser("train", help="train the network on a folder of clean scans (long; not for CI)")
+    train.add_argument("data_dir")
+    train.add_argument("out_dir", help="run folder: checkpoint.pt, best.pt, log.jsonl; an existing run resumes")
+    train.add_argument("--steps", type=int, default=5000)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--patch", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--validate-every", type=int, default=500)
+    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")
+    train.add_argument("--init-weights", help="weights file to warm-start from")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (InputError, WeightsError, DeviceUnavailable, FileNotFoundError) as error:
+        print(f"mridenoise: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Cancelled):
+        print("mridenoise: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Running the network over a whole volume: device choice, sliding window, AMP, fallback, cancel.
+
+>>> import numpy as np, torch
+>>> from MRIDenoiseLib.network import DenoiserNet
+>>> torch.manual_seed(0) and None
+>>> volume = np.random.default_rng(0).random((20, 24, 9)).astype(np.float32) * 100
+>>> denoised = denoise_volume(volume, sigma=5.0, network=DenoiserNet(), device="cpu")
+>>> denoised.shape, denoised.dtype
+((20, 24, 9), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers import SlidingWindowInferer
+
+from .intensity import intensity_scale
+from .network import DenoiserNet
+
+ProgressCallback = Callable[[float], None]
+CancelCheck = Callable[[], bool]
+
+DEFAULT_WINDOW = 256
+DEFAULT_OVERLAP = 0.25
+
+
+class Cancelled(Exception):
+    """Raised inside the sliding window when the caller asked to stop."""
+
+
+class DeviceUnavailable(ValueError):
+    """The device asked for does not exist on this machine."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable("device 'mps' was asked for but Apple MPS is not available; use --device cpu or auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def window_size(shape: tuple[int, ...], multiple: int, largest: int = DEFAULT_WINDOW) -> tuple[int, ...]:
+    """Per axis, the smaller of ``largest`` and the axis rounded up to ``multiple``.
+
+    Thin axes (thick-slice scans, single slices) are padded only to the next multiple,
+    not to a whole cubic window.
+
+    >>> window_size((181, 217, 30), 8, 160)
+    (160, 160, 32)
+    """
+    return tuple(min(largest, multiple * math.ceil(n / multiple)) for n in shape)
+
+
+def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """How many windows MONAI's sliding window will run for this shape."""
+    interval = [max(int(r * (1 - overlap)), 1) if r < n else r for r, n in zip(roi, shape)]
+    padded = [max(r, n) for r, n in zip(roi, shape)]
+    return len(dense_patch_slices(padded, roi, interval))
+
+
+class _WindowPredictor:
+    """Calls the network on one batch of windows; reports progress and honours cancel."""
+
+    def __init__(self, network, sigma, total, use_amp, progress, cancel):
+        self.network, self.sigma, self.total, self.use_amp = network, sigma, total, use_amp
+        self.progress, self.cancel, self.done = progress, cancel, 0
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+        sigma = self.sigma.expand(windows.shape[0])
+        with torch.autocast(device_type=windows.device.type, enabled=self.use_amp):
+            output = self.network(windows, sigma)
+        self.done += windows.shape[0]
+        if self.progress is not None:
+            self.progress(min(self.done / self.total, 1.0))
+        return output.float()
+
+
+def _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel):
+    scale = intensity_scale(volume)
+    image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32) / scale)[None, None]
+    roi = window_size(volume.shape, network.config.size_multiple, window)
+    predictor = _WindowPredictor(
+        network.to(device).eval(),
+        torch.tensor([sigma / scale], dtype=torch.float32, device=device),
+        window_count(volume.shape, roi, overlap),
+        device.type == "cuda",
+        progress,
+        cancel,
+    )
+    inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=overlap, mode="gaussian", sw_device=device, device=torch.device("cpu"))
+    with torch.inference_mode():
+        output = inferer(image, predictor)
+    result = output[0, 0].numpy() * scale
+    if volume.min() >= 0:
+        result = np.clip(result, 0, None)
+    return result.astype(np.float32)
+
+
+def denoise_volume(
+    volume: np.ndarray,
+    sigma: float,
+    network: DenoiserNet,
+    device: str | torch.device = "auto",
+    window: int = DEFAULT_WINDOW,
+    overlap: float = DEFAULT_OVERLAP,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+    on_fallback: Optional[Callable[[str], None]] = None,
+) -> np.ndarray:
+    """Denoise a 3-D magnitude volume whose Rician sigma is ``sigma`` (in its own units).
+
+    A CUDA out-of-memory error is retried on the CPU, and ``on_fallback`` is told why.
+    """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    try:
+        return _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel)
+    except torch.OutOfMemoryError as error:
+        if device.type == "cpu":
+            raise
+        torch.cuda.empty_cache()
+        if on_fallback is not None:
+            on_fallback(f"GPU out of memory ({error.__class__.__name__}); running on the CPU")
+        return _run_on_device(volume, sigma, network, torch.device("cpu"), window, overlap, progress, cancel)

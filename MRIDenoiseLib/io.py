@@ -1,0 +1,139 @@
+"""Reading and writing volumes with their geometry; checks that turn bad input into one clear line.
+
+Any format SimpleITK reads is accepted (NIfTI, NRRD, MHA, a DICOM series folder). Writes go to a
+temporary file in the destination folder and are renamed into place, so a failed or cancelled run
+never leaves a half-written output.
+
+>>> import tempfile, pathlib, numpy as np, SimpleITK as sitk
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> image = sitk.GetImageFromArray(np.arange(120, dtype=np.float32).reshape(4, 5, 6))
+>>> image.SetSpacing((1.0, 2.0, 3.0))
+>>> write_image(image, folder / "a.nii.gz")
+>>> read_image(folder / "a.nii.gz").GetSpacing()
+(1.0, 2.0, 3.0)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+class InputError(ValueError):
+    """Input that cannot be denoised; the message is one line meant for the user."""
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def read_image(path: Path | str) -> sitk.Image:
+    """Read a scalar 3-D (or 2-D, made one-slice 3-D) image; raise InputError on anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        reason = next((line.strip() for line in first if "rror" in line or "nable" in line), "unreadable")
+        raise InputError(f"{path}: not a readable image ({reason[:160]})") from None
+    return check_image(image, str(path))
+
+
+def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
+    """Refuse vector, 4-D, empty, non-finite or constant images; promote 2-D to one slice."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector or RGB); a scalar MRI volume is needed")
+    if image.GetDimension() == 4:
+        raise InputError(f"{name}: is 4-D ({image.GetSize()[3]} volumes); pick one volume with --volume N")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise InputError(f"{name}: {image.GetDimension()}-D images are not supported")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.size == 0:
+        raise InputError(f"{name}: is empty")
+    if not np.isfinite(array).all():
+        raise InputError(f"{name}: holds NaN or infinite voxels")
+    if array.max() == array.min():
+        raise InputError(f"{name}: every voxel has the same value ({array.max()}); nothing to denoise")
+    return image
+
+
+def pick_volume(image: sitk.Image, index: int) -> sitk.Image:
+    """One 3-D volume of a 4-D series (``--volume N``)."""
+    if image.GetDimension() != 4:
+        return image
+    count = image.GetSize()[3]
+    if not 0 <= index < count:
+        raise InputError(f"--volume {index} is out of range: the series has {count} volumes (0..{count - 1})")
+    size = list(image.GetSize())
+    size[3] = 0
+    return sitk.Extract(image, size, [0, 0, 0, index])
+
+
+def read_series_volume(path: Path | str, index: int) -> sitk.Image:
+    """Read a 4-D file and keep volume ``index``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: not a readable image") from None
+    return check_image(pick_volume(image, index), str(path))
+
+
+def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A float32 image from a z-y-x array, with ``reference``'s size, spacing, origin and direction."""
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32).reshape(sitk.GetArrayViewFromImage(reference).shape))
+    image.CopyInformation(reference)
+    return image
+
+
+def refuse_same_path(input_path: Path | str, output_path: Path | str) -> None:
+    """An output that would overwrite the input is refused before any work is done."""
+    if Path(output_path).resolve() == Path(input_path).resolve():
+        raise InputError(f"{output_path}: output path equals the input path; the input is never overwritten")
+
+
+def write_image(image: sitk.Image, path: Path | str) -> None:
+    """Write one image atomically."""
+    write_images([(image, path)])
+
+
+def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
+    """Write every image to a temporary file beside its destination, then rename them all.
+
+    If any write fails, no destination is touched and the temporary files are removed.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for image, path in images:
+            path = Path(path)
+            if not path.parent.is_dir():
+                raise InputError(f"{path}: folder {path.parent} does not exist")
+            suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+            os.close(handle)
+            staged.append((temporary, path))
+            try:
+                sitk.WriteImage(image, temporary, True)
+            except RuntimeError:
+                raise InputError(f"{path}: cannot write this format (use .nii.gz, .nii, .nrrd or .mha)") from None
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    finally:
+        for temporary, _ in staged:
+            Path(temporary).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Training: the physics-based degradations, the data split, the loop with exact resume."""

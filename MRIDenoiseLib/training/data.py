@@ -1,0 +1,126 @@
+"""The training data: a fixed split of the real scans, and a seeded sampler of degraded patches.
+
+The split is a rule on file names, so it never changes with the order files are listed in:
+IXI subjects whose number ends in 0, and Colin27, are validation only and never trained on.
+
+>>> is_validation("IXI120-HH-1234_T1.nii.gz"), is_validation("IXI121-HH-1234_T1.nii.gz")
+(True, False)
+>>> is_validation("colin27_ch2_1mm.nii.gz")
+True
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAxisFlipd,
+    RandBiasFieldd,
+    RandCropByPosNegLabeld,
+    RandRotate90d,
+    RandSpatialCropd,
+    SpatialPadd,
+)
+from scipy import ndimage
+
+from ..mask import head_mask
+from .degradations import NormaliseIntensityd, RandContrastRemapd, RandRicianNoised, RandThickSlicesd
+
+VALIDATION_NAMES = ("colin27",)
+TRAINING_VOXEL_MM = 1.0
+REGION_VOXELS = 128
+
+
+def is_validation(file_name: str) -> bool:
+    """The fixed split: IXI numbers ending in 0, and the scans named in VALIDATION_NAMES."""
+    match = re.match(r"IXI(\d+)", file_name)
+    if match:
+        return int(match.group(1)) % 10 == 0
+    return any(name in file_name for name in VALIDATION_NAMES)
+
+
+def scan_paths(data_dir: Path | str) -> list[Path]:
+    return sorted(Path(data_dir).rglob("*.nii*"))
+
+
+def split(data_dir: Path | str) -> tuple[list[Path], list[Path]]:
+    """(training, validation) scan paths under ``data_dir``."""
+    paths = scan_paths(data_dir)
+    return [p for p in paths if not is_validation(p.name)], [p for p in paths if is_validation(p.name)]
+
+
+@dataclass
+class Scan:
+    """A clean volume in [0, 1], channel first, with its head mask and voxel size."""
+
+    volume: np.ndarray
+    mask: np.ndarray
+    spacing: tuple[float, float, float]
+
+    def as_sample(self) -> dict:
+        return {"target": self.volume, "mask": self.mask, "spacing": self.spacing}
+
+
+def load_scan(path: Path | str) -> Scan:
+    """Load as closest-canonical orientation; voxels finer than 1 mm are resampled to 1 mm."""
+    image = nib.as_closest_canonical(nib.load(str(path)))
+    volume = np.asarray(image.dataobj, dtype=np.float32)
+    spacing = np.array(image.header.get_zooms()[:3], dtype=float)
+    if spacing.min() < TRAINING_VOXEL_MM * 0.9:
+        zoom = np.minimum(spacing / TRAINING_VOXEL_MM, 1.0)
+        volume = ndimage.zoom(volume, zoom, order=1)
+        spacing = spacing / zoom
+    volume = np.clip(volume, 0, None) / max(float(volume.max()), 1e-6)
+    return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
+
+
+def degradation(patch: int, patches_per_scan: int) -> Compose:
+    """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs."""
+    spatial = ["target", "mask"]
+    pair = ["image", "target", "mask"]
+    return Compose(
+        [
+            RandSpatialCropd(spatial, roi_size=REGION_VOXELS, random_size=False),
+            RandAxisFlipd(spatial, prob=0.5),
+            RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
+            RandContrastRemapd(["target"], prob=0.7),
+            RandBiasFieldd(["target"], prob=0.5, degree=3, coeff_range=(0.0, 0.1)),
+            RandThickSlicesd(spatial, prob=0.5),
+            RandRicianNoised(["target"]),
+            NormaliseIntensityd(),
+            SpatialPadd(pair, spatial_size=(patch, patch, patch)),
+            RandCropByPosNegLabeld(
+                ["image", "target"], label_key="mask", spatial_size=(patch, patch, patch),
+                pos=1.0, neg=0.0, num_samples=patches_per_scan, allow_smaller=True,
+            ),
+        ]
+    )
+
+
+class PatchSampler:
+    """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
+
+    def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0):
+        if not scans:
+            raise ValueError("no training scans")
+        self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
+        self.chain = degradation(patch, patches_per_scan)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy, clean, sigma) tensors for this step."""
+        rng = np.random.default_rng([self.seed, step])
+        samples = []
+        for _ in range(self.scans_per_step):
+            scan = self.scans[int(rng.integers(len(self.scans)))]
+            self.chain.set_random_state(seed=int(rng.integers(2**31)))
+            samples.extend(self.chain(scan.as_sample()))
+        noisy = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples])
+        clean = torch.stack([torch.as_tensor(np.asarray(s["target"])) for s in samples])
+        sigma = torch.tensor([float(s["sigma"]) for s in samples])
+        return noisy.float(), clean.float(), sigma

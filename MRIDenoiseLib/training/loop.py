@@ -1,0 +1,152 @@
+"""The training loop: L1 on noisy/clean patch pairs, checkpoints that resume exactly, validation.
+
+A checkpoint holds the network, optimizer, scheduler, step and torch RNG state. The batch of a
+step depends only on (seed, step), so a run stopped and resumed from a checkpoint takes the same
+steps as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..inference import denoise_volume
+from ..metrics import psnr
+from ..model import load_network, save_weights
+from ..network import DenoiserNet, NetworkConfig
+from .data import PatchSampler, Scan, degradation, load_scan, split
+
+CHECKPOINT = "checkpoint.pt"
+BEST_WEIGHTS = "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    learning_rate: float = 1e-3
+    patch: int = 64
+    scans_per_step: int = 1
+    patches_per_scan: int = 4
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate_every: int = 500
+    validation_cases: int = 12
+    network: dict = field(default_factory=lambda: NetworkConfig(channels=(32, 64, 128, 128), strides=(2, 2, 2), num_res_units=2).to_dict())
+
+
+def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> list[dict]:
+    """Fixed degraded whole volumes from held-out scans: same contrasts, bias and noise every time."""
+    chain = degradation(patch=16, patches_per_scan=1).transforms[1:-2]
+    cases = []
+    for index in range(count):
+        scan = scans[index % len(scans)]
+        sample = dict(scan.as_sample())
+        for number, transform in enumerate(chain):
+            if hasattr(transform, "set_random_state"):
+                transform.set_random_state(seed=seed + 100 * index + number)
+            sample = transform(sample)
+        cases.append({"image": np.asarray(sample["image"])[0], "target": np.asarray(sample["target"])[0],
+                      "mask": np.asarray(sample["mask"])[0], "sigma": float(sample["sigma"])})
+    return cases
+
+
+def validate(network: DenoiserNet, cases: list[dict]) -> dict:
+    """Mean PSNR of the noisy input and of the result over the cases, and the gain between them."""
+    noisy, denoised = [], []
+    for case in cases:
+        result = denoise_volume(case["image"], case["sigma"], network, device="cpu")
+        noisy.append(psnr(case["target"], case["image"], case["mask"]))
+        denoised.append(psnr(case["target"], result, case["mask"]))
+    network.train()
+    return {"psnr_noisy": float(np.mean(noisy)), "psnr_denoised": float(np.mean(denoised)),
+            "psnr_gain": float(np.mean(denoised) - np.mean(noisy))}
+
+
+def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig, best: float) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
+                "torch_rng": torch.get_rng_state(), "best_gain": best}, temporary)
+    os.replace(temporary, path)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: Path | str,
+    training_scans: list[Scan],
+    validation_cases: list[dict] | None = None,
+    init_weights: Optional[Path] = None,
+    resume: bool = True,
+    stop_after: Optional[int] = None,
+    log: Callable[[dict], None] = print,
+) -> DenoiserNet:
+    """Train into ``out_dir``; resumes from its checkpoint when one is there and ``resume`` is set.
+
+    ``stop_after`` ends the run early (as a killed job would) after that many steps in total.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    network = DenoiserNet(NetworkConfig.from_dict(config.network))
+    if init_weights is not None:
+        network.load_state_dict(load_network(init_weights).state_dict())
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.steps, pct_start=max(0.05, 4 / config.steps))
+    sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
+    start, best = 0, -float("inf")
+    checkpoint = out_dir / CHECKPOINT
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = state["step"], state["best_gain"]
+        log({"event": "resumed", "step": start})
+    network.train()
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    losses, started = [], time.time()
+    for step in range(start, end):
+        noisy, clean, sigma = sampler.batch(step)
+        loss = torch.nn.functional.l1_loss(network(noisy, sigma), clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        done = step + 1
+        if validation_cases and (done % config.validate_every == 0 or done == config.steps):
+            network.eval()
+            metrics = validate(network, validation_cases)
+            if metrics["psnr_gain"] > best:
+                best = metrics["psnr_gain"]
+                save_weights(network, out_dir / BEST_WEIGHTS)
+            log({"event": "validation", "step": done, **metrics, "best_gain": best})
+        if done % config.checkpoint_every == 0 or done == end:
+            _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
+            log({"event": "checkpoint", "step": done, "loss": float(np.mean(losses[-config.checkpoint_every:])),
+                 "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
+    return network
+
+
+def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print) -> DenoiserNet:
+    """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on."""
+    training_paths, validation_paths = split(data_dir)
+    if not training_paths:
+        raise FileNotFoundError(f"no NIfTI scans under {data_dir}")
+    log({"event": "data", "training": len(training_paths), "validation": [p.name for p in validation_paths]})
+    validation = make_validation_cases([load_scan(p) for p in validation_paths], config.validation_cases) if validation_paths else None
+    scans = [load_scan(p) for p in training_paths]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / "config.json", "w") as stream:
+        json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
+                   "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
+    return train(config, out_dir, scans, validation, init_weights=init_weights, log=log)
+
