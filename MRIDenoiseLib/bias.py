@@ -47,14 +47,13 @@ def correct_bias(
     """
     image = sitk.GetImageFromArray(np.asarray(volume, dtype=np.float32))
     image.SetSpacing(tuple(float(s) for s in spacing))
-    mask = sitk.GetImageFromArray(head_mask(volume).astype(np.uint8))
-    mask.CopyInformation(image)
     factors = [
         max(1, min(shrink or round(settings.fit_voxel_mm / step), size // 8))
         for size, step in zip(image.GetSize(), image.GetSpacing())
     ]
     small = sitk.Shrink(image, factors)
-    small_mask = sitk.Shrink(mask, factors)
+    small_mask = sitk.GetImageFromArray(head_mask(sitk.GetArrayViewFromImage(small)).astype(np.uint8))
+    small_mask.CopyInformation(small)
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations(list(settings.iterations))
     n4.SetSplineOrder(settings.spline_order)
