@@ -15,6 +15,7 @@ never leaves a half-written output.
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from pathlib import Path
@@ -37,11 +38,38 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """ITK fills a truncated .gz with zeros without a word; gzip itself notices."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError) as error:
+        raise InputError(f"{path}: not a readable image (damaged or truncated gzip: {error})") from None
+
+
+def _check_nifti(path: Path) -> None:
+    """ITK reads NaN voxels of a NIfTI file as zeros and a truncated file as zeros; nibabel does not."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as error:  # nibabel raises many types for damaged files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a readable image ({reason[:160]})") from None
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(f"{path}: holds NaN or infinite voxels")
+
+
 def read_image(path: Path | str) -> sitk.Image:
     """Read a scalar 3-D (or 2-D, made one-slice 3-D) image; raise InputError on anything else."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
+    elif path.suffix == ".gz":
+        _check_gzip_complete(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:

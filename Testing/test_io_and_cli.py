@@ -1,0 +1,182 @@
+"""The command end to end on files: geometry kept, formats, atomic writes, every bad input refused."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import phantom, write_volume
+from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.io import InputError, read_image, write_images
+from MRIDenoiseLib.noise import add_rician_noise
+
+OBLIQUE = (0.9848077, -0.1736482, 0.0, 0.1736482, 0.9848077, 0.0, 0.0, 0.0, 1.0)
+
+
+def noisy_phantom(shape=(40, 48, 44), seed=0):
+    return add_rician_noise(phantom(shape, seed), 6.0, np.random.default_rng(seed))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(args, tiny_weights) -> int:
+    return main(["denoise", *map(str, args), "--weights", str(tiny_weights), "--quiet"])
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_geometry_is_kept_exactly(tmp_path, tiny_weights, extension):
+    source = write_volume(tmp_path / f"in{extension}", noisy_phantom(), spacing=(0.9, 1.1, 3.0),
+                          origin=(-90.5, 12.25, 40.0), direction=OBLIQUE)
+    before = digest(source)
+    assert run([source, tmp_path / f"out{extension}", "--no-n4"], tiny_weights) == 0
+    original, result = sitk.ReadImage(str(source)), sitk.ReadImage(str(tmp_path / f"out{extension}"))
+    assert result.GetSize() == original.GetSize()
+    assert result.GetSpacing() == pytest.approx(original.GetSpacing(), abs=1e-6)
+    assert result.GetOrigin() == pytest.approx(original.GetOrigin(), abs=1e-5)
+    assert result.GetDirection() == pytest.approx(original.GetDirection(), abs=1e-6)
+    assert digest(source) == before
+
+
+def test_dicom_series_folder_is_read(tmp_path, tiny_weights):
+    volume = (noisy_phantom((12, 32, 32)) * 10).astype(np.int16)
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.8, 0.8, 2.5))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(volume.shape[0]):
+        plane = image[:, :, index]
+        for tag, value in {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.1",
+                           "0020|0013": str(index + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0020|0032": f"0\\0\\{2.5 * index}", "0028|0030": "0.8\\0.8"}.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{index:03d}.dcm"))
+        writer.Execute(plane)
+    assert read_image(folder).GetSize() == (32, 32, 12)
+    assert run([folder, tmp_path / "out.nii.gz", "--no-n4"], tiny_weights) == 0
+    assert sitk.ReadImage(str(tmp_path / "out.nii.gz")).GetSize() == (32, 32, 12)
+
+
+def test_outputs_bias_and_residual(tmp_path, tiny_weights):
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    code = run([source, tmp_path / "out.nii.gz", "--save-bias", tmp_path / "bias.nii.gz",
+                "--save-residual", tmp_path / "residual.nii.gz"], tiny_weights)
+    assert code == 0
+    noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+    residual = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "residual.nii.gz")))
+    bias = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "bias.nii.gz")))
+    corrected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))
+    # output = (input - residual) / bias, to float32 precision
+    np.testing.assert_allclose(corrected * bias, noisy - residual, rtol=1e-4, atol=1e-3)
+    assert 0.5 < bias.min() and bias.max() < 2.0
+
+
+def test_a_single_2d_slice_is_denoised(tmp_path, tiny_weights):
+    plane = noisy_phantom((1, 48, 44))[0]
+    source = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(plane), str(source))
+    assert run([source, tmp_path / "out.nii.gz", "--no-n4"], tiny_weights) == 0
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz"))).size == plane.size
+
+
+def test_4d_input_with_volume_option(tmp_path, tiny_weights):
+    series = np.stack([noisy_phantom(seed=s) for s in range(3)], axis=0)  # t, z, y, x
+    source = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(v) for v in series]), str(source))
+    assert run([source, tmp_path / "out.nii.gz", "--no-n4", "--volume", "2"], tiny_weights) == 0
+    assert sitk.ReadImage(str(tmp_path / "out.nii.gz")).GetSize() == (44, 48, 40)
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "text.nii.gz"
+    text.write_text("this is not an image\n")
+    good = write_volume(tmp_path / "good.nii.gz", noisy_phantom())
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    plain = write_volume(tmp_path / "plain.nii", noisy_phantom())
+    truncated_plain = tmp_path / "truncated.nii"
+    truncated_plain.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])
+    nan = noisy_phantom()
+    nan[5, 5, 5] = np.nan
+    inf = noisy_phantom()
+    inf[6, 6, 6] = np.inf
+    vector = sitk.Compose([sitk.GetImageFromArray(noisy_phantom())] * 3)
+    sitk.WriteImage(vector, str(tmp_path / "rgb.nii.gz"))
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(noisy_phantom())] * 2)
+    sitk.WriteImage(four_d, str(tmp_path / "4d.nii.gz"))
+    (tmp_path / "empty_folder").mkdir()
+    return {
+        "missing": (tmp_path / "nope.nii.gz", "no such file"),
+        "text": (text, "not a readable image"),
+        "truncated": (truncated, "not a readable image"),
+        "truncated plain": (truncated_plain, "not a readable image"),
+        "nan": (write_volume(tmp_path / "nan.nii.gz", nan), "NaN or infinite"),
+        "inf": (write_volume(tmp_path / "inf.nii.gz", inf), "NaN or infinite"),
+        "zero": (write_volume(tmp_path / "zero.nii.gz", np.zeros((20, 20, 20), np.float32)), "same value"),
+        "vector": (tmp_path / "rgb.nii.gz", "components per voxel"),
+        "4d": (tmp_path / "4d.nii.gz", "--volume"),
+        "no dicom": (tmp_path / "empty_folder", "no DICOM series"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "nan", "inf", "zero", "vector", "4d", "no dicom"])
+def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_weights, capsys, case):
+    source, message = _bad_inputs(tmp_path)[case]
+    before = digest(source) if source.is_file() else None
+    out = tmp_path / "out.nii.gz"
+    assert run([source, out], tiny_weights) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error and "Traceback" not in error
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    if before is not None:
+        assert digest(source) == before
+
+
+def test_output_equal_to_input_is_refused(tmp_path, tiny_weights, capsys):
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    before = digest(source)
+    assert run([source, tmp_path / "." / "in.nii.gz"], tiny_weights) == 2
+    assert "equals the input" in capsys.readouterr().err
+    assert digest(source) == before
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    good = sitk.GetImageFromArray(noisy_phantom())
+    with pytest.raises(InputError, match="cannot write"):
+        write_images([(good, tmp_path / "a.nii.gz"), (good, tmp_path / "b.unknownformat")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_weights_are_refused(tmp_path, tiny_weights, capsys):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(tiny_weights.read_bytes()[:-10] + b"0123456789")
+    (tmp_path / "damaged.pt.sha256").write_text(Path(str(tiny_weights) + ".sha256").read_text())
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    assert main(["denoise", str(source), str(tmp_path / "out.nii.gz"), "--weights", str(damaged)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_installed_command_prints_sigma_and_stage_times(tmp_path, tiny_weights):
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    done = subprocess.run([sys.executable, "-m", "MRIDenoiseLib.cli", "denoise", str(source), str(tmp_path / "out.nii.gz"),
+                           "--weights", str(tiny_weights)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "estimated noise sigma" in done.stdout
+    for stage in ("read", "noise estimate", "denoising", "bias correction", "write", "total"):
+        assert stage in done.stdout
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "MRIDenoiseLib.cli", "denoise", str(tmp_path / "missing.nii"),
+                           str(tmp_path / "out.nii.gz")], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
