@@ -90,7 +90,11 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
 
 
 class RandRicianNoised(RandomizableTransform, MapTransform):
-    """Put ``target`` plus Rician noise into ``image``; sigma is log-uniform, a fraction of the maximum."""
+    """Put ``target`` plus Rician noise into ``image``.
+
+    Sigma is log-uniform, a fraction of the target's robust maximum (the same 99.9th percentile
+    that normalises the network's input), so the network sees noise levels in the range drawn.
+    """
 
     def __init__(self, keys=("target",), sigma_range=(0.005, 0.12)):
         MapTransform.__init__(self, keys)
@@ -101,7 +105,7 @@ class RandRicianNoised(RandomizableTransform, MapTransform):
         low, high = np.log(self.sigma_range[0]), np.log(self.sigma_range[1])
         fraction = float(np.exp(self.R.uniform(low, high)))
         target = np.asarray(data["target"], dtype=np.float32)
-        sigma = fraction * float(target.max())
+        sigma = fraction * intensity_scale(target)
         seed = int(self.R.randint(2**31))
         out = dict(data)
         out["image"] = add_rician_noise(target, sigma, np.random.default_rng(seed))

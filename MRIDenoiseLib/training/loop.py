@@ -1,5 +1,6 @@
-"""The training loop: L1 on noisy/clean patch pairs, checkpoints that resume exactly, validation.
+"""The training loop: noisy/clean patch pairs, checkpoints that resume exactly, validation.
 
+The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``).
 A checkpoint holds the network, optimizer, scheduler, step and torch RNG state. The batch of a
 step depends only on (seed, step), so a run stopped and resumed from a checkpoint takes the same
 steps as one that was never stopped.
@@ -8,9 +9,11 @@ steps as one that was never stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +42,28 @@ class TrainConfig:
     validate_every: int = 500
     validation_cases: int = 12
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(32, 64, 128, 128), strides=(2, 2, 2), num_res_units=2).to_dict())
+
+
+def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each patch in units of its noise sigma, averaged over the batch.
+
+    Every noise level weighs the same: without it the loss is all high-noise patches, and the
+    network never learns to leave low-noise images alone.
+    """
+    per_patch = (output - clean).abs().flatten(1).mean(dim=1)
+    return (per_patch / sigma.to(per_patch)).mean()
+
+
+def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.03) -> float:
+    """Learning-rate factor: linear warm-up over the first 3% of steps, then a cosine to zero.
+
+    >>> [round(warmup_cosine(s, 100), 2) for s in (0, 2, 3, 50, 99)]
+    [0.33, 1.0, 1.0, 0.52, 0.0]
+    """
+    warmup = max(1, int(warmup_fraction * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> list[dict]:
@@ -98,7 +123,7 @@ def train(
     if init_weights is not None:
         network.load_state_dict(load_network(init_weights).state_dict())
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.steps, pct_start=max(0.05, 4 / config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
@@ -115,7 +140,7 @@ def train(
     losses, started = [], time.time()
     for step in range(start, end):
         noisy, clean, sigma = sampler.batch(step)
-        loss = torch.nn.functional.l1_loss(network(noisy, sigma), clean)
+        loss = noise_relative_l1(network(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

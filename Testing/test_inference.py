@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import phantom
+from MRIDenoiseLib import inference
+from MRIDenoiseLib.inference import Cancelled, denoise_volume, window_count, window_size
+from MRIDenoiseLib.model import load_network
+from MRIDenoiseLib.noise import add_rician_noise
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights):
+    return load_network(tiny_weights)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return add_rician_noise(phantom((40, 52, 36)), 6.0, np.random.default_rng(3))
+
+
+def test_same_output_for_the_same_input_on_cpu(tiny, noisy):
+    first = denoise_volume(noisy, 6.0, tiny, "cpu", window=32)
+    second = denoise_volume(noisy.copy(), 6.0, tiny, "cpu", window=32)
+    assert np.array_equal(first, second)
+    assert first.shape == noisy.shape and first.dtype == np.float32
+
+
+def test_progress_counts_every_window_and_ends_at_one(tiny, noisy):
+    roi = window_size(noisy.shape, tiny.config.size_multiple, 32)
+    expected = window_count(noisy.shape, roi, 0.25)
+    assert expected == 2 * 2 * 2
+    seen = []
+    denoise_volume(noisy, 6.0, tiny, "cpu", window=32, progress=seen.append)
+    assert len(seen) == expected and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_thin_axes_are_padded_only_to_the_next_multiple():
+    assert window_size((181, 217, 24), 4, 256) == (184, 220, 24)
+    assert window_size((1, 300, 64), 4, 256) == (4, 256, 64)
+
+
+def test_cancel_stops_inside_the_sliding_window(tiny, noisy):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        denoise_volume(noisy, 6.0, tiny, "cpu", window=32, cancel=cancel)
+    assert len(calls) == 3
+
+
+def test_gpu_out_of_memory_falls_back_to_cpu(tiny, noisy, monkeypatch):
+    real = inference._run_on_device
+
+    def fake(volume, sigma, network, device, *args):
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(volume, sigma, network, device, *args)
+
+    monkeypatch.setattr(inference, "_run_on_device", fake)
+    notes = []
+    result = denoise_volume(noisy, 6.0, tiny, torch.device("cuda"), window=32, on_fallback=notes.append)
+    assert result.shape == noisy.shape
+    assert len(notes) == 1 and "running on the CPU" in notes[0]
+
+
+def test_output_is_in_the_input_units(tiny, noisy):
+    # The normalisation is undone exactly: scaling the input by k scales the output by k
+    # (the noise level scales with it), up to float32 rounding.
+    base = denoise_volume(noisy, 6.0, tiny, "cpu", window=64)
+    scaled = denoise_volume(noisy * 1000.0, 6000.0, tiny, "cpu", window=64)
+    np.testing.assert_allclose(scaled, base * 1000.0, rtol=1e-4, atol=1e-2)
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(ValueError, match="unknown device"):
+        inference.resolve_device("tpu")

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_NETWORK, phantom, write_volume
+from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.model import sha256_of
+from MRIDenoiseLib.training.data import PatchSampler, Scan, is_validation, split
+from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
+from MRIDenoiseLib.training.loop import CHECKPOINT, TrainConfig, make_validation_cases, train
+
+
+def scans(count=3):
+    result = []
+    for seed in range(count):
+        volume = phantom((36, 40, 32), seed)
+        volume /= volume.max()
+        result.append(Scan(volume[None], (volume > 0.05)[None], (1.0, 1.0, 2.0)))
+    return result
+
+
+def config(steps):
+    return TrainConfig(steps=steps, patch=16, checkpoint_every=2, validate_every=2, validation_cases=2,
+                       network=TINY_NETWORK.to_dict())
+
+
+def test_resumed_run_continues_exactly(tmp_path):
+    training = scans()
+    validation = make_validation_cases(scans(1), 2)
+    straight = train(config(6), tmp_path / "straight", training, validation, log=lambda record: None)
+    train(config(6), tmp_path / "resumed", training, validation, stop_after=3, log=lambda record: None)
+    checkpoint = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    assert checkpoint["step"] == 3 and {"optimizer", "scheduler", "torch_rng"} <= set(checkpoint)
+    events = []
+    resumed = train(config(6), tmp_path / "resumed", training, validation, log=events.append)
+    assert events[0] == {"event": "resumed", "step": 3}
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_batches_depend_only_on_seed_and_step():
+    first, second = PatchSampler(scans(), patch=16, seed=7), PatchSampler(scans(), patch=16, seed=7)
+    second.batch(0)
+    for a, b in zip(first.batch(5), second.batch(5)):
+        assert torch.equal(a, b)
+    noisy, clean, sigma = first.batch(1)
+    assert noisy.shape == clean.shape == (4, 1, 16, 16, 16)
+    assert (sigma > 0).all() and not torch.equal(noisy, clean)
+
+
+def test_thick_slices_average_along_one_axis():
+    volume = np.arange(2 * 3 * 10, dtype=np.float32).reshape(1, 2, 3, 10)
+    transform = RandThickSlicesd(prob=1.0, thickness_mm=(5.0, 5.0))
+    for seed in range(10):
+        transform.set_random_state(seed)
+        out = transform({"target": volume, "mask": volume > 0, "spacing": (1.0, 1.0, 1.0)})
+        if out["target"].shape[-1] == 2:
+            assert out["spacing"] == (1.0, 1.0, 5.0)
+            assert out["target"][0, 0, 0, 0] == pytest.approx(volume[0, 0, 0, :5].mean())
+            return
+    pytest.fail("no draw thickened the last axis")
+
+
+def test_contrast_remap_keeps_background_dark_and_can_invert():
+    volume = np.concatenate([np.zeros(20), np.linspace(0.1, 1.0, 80)]).astype(np.float32).reshape(1, 1, 1, 100)
+    inverted = 0
+    for seed in range(40):
+        transform = RandContrastRemapd(prob=1.0)
+        transform.set_random_state(seed)
+        out = transform({"target": volume})["target"][0, 0, 0]
+        assert np.all(out[:20] == 0) and out.max() == pytest.approx(1.0)
+        inverted += out[30] > out[-1]
+    assert inverted > 5
+
+
+def test_split_is_fixed_by_name(tmp_path):
+    for name in ["IXI010-HH-1_T1.nii.gz", "IXI011-HH-1_T1.nii.gz", "colin27_ch2_1mm.nii.gz"]:
+        write_volume(tmp_path / name, phantom((8, 8, 8)))
+    training, validation = split(tmp_path)
+    assert [p.name for p in training] == ["IXI011-HH-1_T1.nii.gz"]
+    assert {p.name for p in validation} == {"IXI010-HH-1_T1.nii.gz", "colin27_ch2_1mm.nii.gz"}
+    assert is_validation("IXI600-HH-2660_T1.nii.gz")
+
+
+def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in (1, 2, 10):
+        write_volume(data / f"IXI{index:03d}-HH-1_T1.nii.gz", phantom((36, 40, 32), index))
+    before = sha256_of(tiny_weights)
+    code = main(["train", str(data), str(tmp_path / "run"), "--steps", "2", "--patch", "16", "--validate-every", "2",
+                 "--checkpoint-every", "1", "--warm-start", "--init-weights", str(tiny_weights), "--quiet"])
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records][0] == "data"
+    assert any(r["event"] == "validation" for r in records)
+    assert sha256_of(tiny_weights) == before
