@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(json.dumps(record), flush=True)
 
-        train_from_folder(args.data_dir, out, config, init_weights=init, log=log)
+        train_from_folder(args.data_dir, out, config, init_weights=init, log=log, device=args.device)
     return 0
 
 
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")
     train.add_argument("--init-weights", help="weights file to warm-start from")
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
     return parser

@@ -57,7 +57,8 @@ class NetworkConfig:
         multiple = FOLD
         for stride in self.strides:
             multiple *= stride
-        return multiple
+        # The coarse smoothed copies work at half resolution with 3-voxel means: at least 4 voxels.
+        return max(multiple, 8)
 
 
 def _box(volume: torch.Tensor, passes: int) -> torch.Tensor:

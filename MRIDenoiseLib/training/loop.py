@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..inference import denoise_volume
+from ..inference import denoise_volume, resolve_device
 from ..metrics import psnr
 from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
@@ -82,11 +82,11 @@ def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> li
     return cases
 
 
-def validate(network: DenoiserNet, cases: list[dict]) -> dict:
+def validate(network: DenoiserNet, cases: list[dict], device: torch.device = torch.device("cpu")) -> dict:
     """Mean PSNR of the noisy input and of the result over the cases, and the gain between them."""
     noisy, denoised = [], []
     for case in cases:
-        result = denoise_volume(case["image"], case["sigma"], network, device="cpu")
+        result = denoise_volume(case["image"], case["sigma"], network, device=device)
         noisy.append(psnr(case["target"], case["image"], case["mask"]))
         denoised.append(psnr(case["target"], result, case["mask"]))
     network.train()
@@ -111,6 +111,7 @@ def train(
     resume: bool = True,
     stop_after: Optional[int] = None,
     log: Callable[[dict], None] = print,
+    device: str = "cpu",
 ) -> DenoiserNet:
     """Train into ``out_dir``; resumes from its checkpoint when one is there and ``resume`` is set.
 
@@ -122,24 +123,26 @@ def train(
     network = DenoiserNet(NetworkConfig.from_dict(config.network))
     if init_weights is not None:
         network.load_state_dict(load_network(init_weights).state_dict())
+    device = resolve_device(device)
+    network.to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         start, best = state["step"], state["best_gain"]
         log({"event": "resumed", "step": start})
     network.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
     for step in range(start, end):
-        noisy, clean, sigma = sampler.batch(step)
+        noisy, clean, sigma = (tensor.to(device) for tensor in sampler.batch(step))
         loss = noise_relative_l1(network(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,7 +152,7 @@ def train(
         done = step + 1
         if validation_cases and (done % config.validate_every == 0 or done == config.steps):
             network.eval()
-            metrics = validate(network, validation_cases)
+            metrics = validate(network, validation_cases, device)
             if metrics["psnr_gain"] > best:
                 best = metrics["psnr_gain"]
                 save_weights(network, out_dir / BEST_WEIGHTS)
@@ -158,10 +161,10 @@ def train(
             _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
             log({"event": "checkpoint", "step": done, "loss": float(np.mean(losses[-config.checkpoint_every:])),
                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
-    return network
+    return network.cpu()
 
 
-def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print) -> DenoiserNet:
+def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print, device: str = "cpu") -> DenoiserNet:
     """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on."""
     training_paths, validation_paths = split(data_dir)
     if not training_paths:
@@ -173,5 +176,5 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
     with open(Path(out_dir) / "config.json", "w") as stream:
         json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
                    "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
-    return train(config, out_dir, scans, validation, init_weights=init_weights, log=log)
+    return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device)
 

@@ -1,0 +1,150 @@
+"""MRIDenoiseLogic on real MRML scenes (slicer-core): geometry, input untouched, reuse, extra outputs, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from conftest import phantom
+from test_slicer_scene import OBLIQUE_IJK_TO_RAS, SlicerLikeScene, ijk_to_ras, slicer
+
+from MRIDenoiseLib.denoise_job import CANCELLED, COMPLETED
+from MRIDenoiseLib.noise import add_rician_noise
+from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
+from MRIDenoiseLib.worker_process import InProcessRunner
+
+
+def noisy(shape=(24, 32, 28), seed=0):
+    return add_rician_noise(phantom(shape, seed), 6.0, np.random.default_rng(seed)).astype(np.float32)
+
+
+def digest(node) -> str:
+    return hashlib.sha256(slicer.util.arrayFromVolume(node).tobytes()).hexdigest()
+
+
+@pytest.fixture
+def logic(tiny_weights, tmp_path):
+    return MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path), weights=tiny_weights)
+
+
+def test_process_returns_new_node_with_input_geometry_and_input_untouched(logic, tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy())
+    before, volumes_before = digest(source), laid.count("vtkMRMLScalarVolumeNode")
+    image_mtime = source.GetImageData().GetMTime()
+
+    output = logic.process(source, biasCorrection=False)
+
+    assert output.IsA("vtkMRMLScalarVolumeNode") and output.GetScene() is laid.scene
+    assert output.GetName() == "Phantom denoised"
+    assert laid.count("vtkMRMLScalarVolumeNode") == volumes_before + 1
+    assert np.array_equal(ijk_to_ras(output), ijk_to_ras(source))
+    np.testing.assert_allclose(ijk_to_ras(output), OBLIQUE_IJK_TO_RAS, atol=1e-12)
+    assert digest(source) == before and source.GetImageData().GetMTime() == image_mtime
+    result, original = slicer.util.arrayFromVolume(output), slicer.util.arrayFromVolume(source)
+    assert result.shape == original.shape and result.dtype == np.float32
+    assert not np.array_equal(result, original)
+    assert output.GetAttribute("MRIDenoise.source") == source.GetID()
+    assert float(output.GetAttribute("MRIDenoise.sigma")) > 0
+    assert output.GetDisplayNode() is not None
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
+
+
+def test_existing_output_is_reused_and_residual_and_bias_field_are_right(logic, tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy())
+    transform = laid.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    source.SetAndObserveTransformNodeID(transform.GetID())
+    existing = laid.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "kept name")
+    slicer.util.updateVolumeFromArray(existing, np.zeros((2, 2, 2), np.float32))
+    volumes_before = laid.count("vtkMRMLScalarVolumeNode")
+
+    output = logic.process(source, outputVolume=existing, biasCorrection=True, createResidual=True, createBiasField=True,
+                           waitForCompletion=False).wait()
+
+    assert output.state == COMPLETED
+    assert output.outputVolume is existing and existing.GetName() == "kept name"
+    assert laid.count("vtkMRMLScalarVolumeNode") == volumes_before + 2  # residual and bias field only
+    assert output.residualVolume.GetName() == "Phantom residual"
+    assert output.biasFieldVolume.GetName() == "Phantom bias field"
+    for node in (existing, output.residualVolume, output.biasFieldVolume):
+        assert np.array_equal(ijk_to_ras(node), ijk_to_ras(source))
+        assert node.GetTransformNodeID() == transform.GetID()
+    original = slicer.util.arrayFromVolume(source)
+    corrected = slicer.util.arrayFromVolume(existing)
+    residual = slicer.util.arrayFromVolume(output.residualVolume)
+    field = slicer.util.arrayFromVolume(output.biasFieldVolume)
+    assert corrected.shape == residual.shape == field.shape == original.shape
+    # residual = input - denoised, and corrected = denoised / field, so input = residual + corrected * field
+    np.testing.assert_allclose(residual + corrected * field, original, rtol=1e-4, atol=1e-3 * original.max())
+    assert 0.5 < field.min() and field.max() < 2.0 and field.std() > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_requests_are_refused_before_any_work(logic, tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy((8, 8, 8)))
+    label = laid.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    slicer.util.updateVolumeFromArray(label, np.ones((4, 4, 4), np.int16))
+    nodes_before = laid.scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="never overwritten"):
+        logic.process(source, outputVolume=source)
+    with pytest.raises(ValueError, match="not a scalar volume"):
+        logic.process(label)
+    with pytest.raises(ValueError, match="needs bias correction"):
+        logic.process(source, biasCorrection=False, createBiasField=True)
+    with pytest.raises(ValueError, match="Unknown device"):
+        logic.process(source, device="tpu")
+    assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_error_is_one_line_and_leaves_nothing(tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(np.full((8, 8, 8), 5.0, np.float32))  # constant: the engine refuses it
+    logic = MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path), weights=tmp_path / "none.pt")
+    nodes_before = laid.scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError) as error:
+        logic.process(source, biasCorrection=False)
+    assert "\n" not in str(error.value) and ("same value" in str(error.value) or "weights" in str(error.value))
+    assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_during_denoising_leaves_no_node_and_no_temporary_file(logic, tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy((40, 48, 44)))
+    nodes_before = laid.scene.GetNumberOfNodes()
+    events = []
+
+    def on_event(event):
+        events.append((event.kind, event.stage))
+        if event.kind == "progress" and event.stage == "denoising":
+            assert any(tmp_path.iterdir())  # the temporary input exists while the worker runs
+            event.job.cancel()
+
+    job = logic.process(source, biasCorrection=False, waitForCompletion=False, eventCallback=on_event)
+    job.wait()
+
+    assert job.state == CANCELLED and job.outputVolume is None
+    assert events[-1] == ("cancelled", "")
+    assert ("progress", "preparing") in events and ("completed", "") not in events
+    assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_events_follow_the_stages_in_order(logic):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy())
+    events = []
+    logic.process(source, biasCorrection=True, eventCallback=events.append)
+    stages = [event.stage for event in events if event.kind == "progress"]
+    order = ["preparing", "noise estimate", "denoising", "bias correction", "loading result"]
+    assert [stage for stage in order if stage in stages] == order
+    assert [stages.index(stage) for stage in order] == sorted(stages.index(stage) for stage in order)
+    overall = [event.overall for event in events if event.kind == "progress"]
+    assert overall == sorted(overall) and overall[0] == 0.0 and overall[-1] == 1.0
+    assert events[-1].kind == "completed" and events[-1].message.startswith("Done in ")
+    assert "Estimated noise" in events[-1].message
