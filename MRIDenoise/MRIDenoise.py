@@ -260,7 +260,7 @@ class MRIDenoiseLogic(ScriptedLoadableModuleLogic, MRIDenoiseCoreLogic):
 
     def selectInDataTree(self, volumeNode) -> None:
         """Make ``volumeNode`` the active volume and the current item of the subject hierarchy (Data module)."""
-        slicer.app.applicationLogic().GetSelectionNode().SetActiveVolumeID(volumeNode.GetID())
+        self.setActiveVolume(volumeNode)
         shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
         itemID = shNode.GetItemByDataNode(volumeNode)
         try:

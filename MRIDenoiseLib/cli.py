@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data_dir")
     train.add_argument("out_dir", help="run folder: checkpoint.pt, best.pt, log.jsonl; an existing run resumes")
     train.add_argument("--steps", type=int, default=5000)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=5e-4)
     train.add_argument("--patch", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--validate-every", type=int, default=500)

@@ -67,6 +67,9 @@ def summary_text(summary: dict, seconds: float) -> str:
 
     >>> summary_text({"sigma": 4.2, "sigma_percent": 2.345, "device": "cpu", "notes": []}, 12.34)
     'Done in 12.3 s on cpu. Estimated noise: 2.35% of the robust maximum (sigma 4.2).'
+    >>> summary_text({"sigma": 4.2, "sigma_percent": 2.3, "device": "cpu",
+    ...               "notes": ["GPU out of memory (OutOfMemoryError); running on the CPU"]}, 80).split(". ")[-1]
+    'GPU out of memory (OutOfMemoryError); running on the CPU'
     """
     text = (f"Done in {seconds:.1f} s on {summary.get('device', '?')}. Estimated noise: "
             f"{summary.get('sigma_percent', float('nan')):.2f}% of the robust maximum (sigma {summary.get('sigma', float('nan')):.3g}).")
@@ -87,12 +90,16 @@ class DenoiseJob:
     residualVolume: Any = None
     biasFieldVolume: Any = None
     logLines: list = field(default_factory=list)
+    _folder: Optional[Path] = field(default=None, init=False, repr=False)
+    _process: Optional[WorkerProcess] = field(default=None, init=False, repr=False)
+    _started: float = field(default=0.0, init=False, repr=False)
+    _ended: Optional[float] = field(default=None, init=False, repr=False)
+    _overall: float = field(default=0.0, init=False, repr=False)
 
     def start(self) -> "DenoiseJob":
         """Write the input to a temporary folder and start the worker (call once)."""
         self._started = time.perf_counter()
         self._folder = Path(tempfile.mkdtemp(prefix="MRIDenoise-", dir=self.temporaryRoot))
-        self._process: Optional[WorkerProcess] = None
         try:
             self._progress(protocol.STAGE_PREPARING, 0.0)
             write_volume_node(self.request.inputVolume, self._folder / "input.nrrd")
@@ -103,8 +110,12 @@ class DenoiseJob:
         return self
 
     @property
-    def temporaryFolder(self) -> Path:
+    def temporaryFolder(self) -> Optional[Path]:
         return self._folder
+
+    @property
+    def workerProcess(self) -> Optional[WorkerProcess]:
+        return self._process
 
     @property
     def isRunning(self) -> bool:
@@ -112,7 +123,7 @@ class DenoiseJob:
 
     @property
     def elapsedSeconds(self) -> float:
-        return time.perf_counter() - self._started
+        return (self._ended or time.perf_counter()) - self._started
 
     def _arguments(self) -> list[str]:
         folder, request = self._folder, self.request
@@ -129,15 +140,19 @@ class DenoiseJob:
         return [str(argument) for argument in arguments]
 
     def _emit(self, kind: str, **values) -> None:
-        if self.eventCallback is not None:
+        if self.eventCallback is None:
+            return
+        try:
             self.eventCallback(DenoiseEvent(kind, self, **values))
+        except Exception:  # a broken callback must not leave the worker running unwatched
+            LOG.exception("MRIDenoise: the event callback failed on a %s event", kind)
 
     def _progress(self, stage: str, fraction: float) -> None:
         try:
             self._overall = protocol.overall_fraction(stage, fraction, self.request.biasCorrection)
         except ValueError:  # a stage this version does not know: keep the bar where it is
             pass
-        self._emit("progress", stage=stage, fraction=fraction, overall=getattr(self, "_overall", 0.0))
+        self._emit("progress", stage=stage, fraction=fraction, overall=self._overall)
 
     def poll(self) -> bool:
         """Handle what the worker said since the last call; returns True while the job runs."""
@@ -192,6 +207,7 @@ class DenoiseJob:
         self._emit("failed", message=message)
 
     def _cleanup(self) -> None:
+        self._ended = time.perf_counter()
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _load_results(self) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
+LOGIT_BOUND = 6.0  # mixing logits stay within +-6, so the softmax never saturates and stops learning
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,18 @@ class DenoiserNet(nn.Module):
             norm=None,
         )
         self.correction_gain = nn.Parameter(torch.zeros(1))
+        # How much to smooth depends first of all on the noise level: a small head on log(sigma)
+        # gives the global preference, the UNet the local, structure-dependent adjustment.
+        self.noise_prior = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, self.bases))
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixelunshuffle(image, spatial_dims=3, scale_factor=FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
         features = pixelshuffle(self.unet(torch.cat([folded, sigma_map], dim=1)), spatial_dims=3, scale_factor=FOLD)
-        weights = torch.softmax(features[:, : self.bases], dim=1)
+        prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
+        logits = LOGIT_BOUND * torch.tanh((features[:, : self.bases] + prior) / LOGIT_BOUND)
+        weights = torch.softmax(logits, dim=1)
         squared = image * image
         bases = torch.cat([squared, *smoothed_copies(squared)], dim=1)
         second_moment = (weights * bases).sum(dim=1, keepdim=True) - 2 * sigma * sigma

@@ -101,3 +101,12 @@ class MRIDenoiseLogic:
 
     def setFadeOpacity(self, scene, opacity: float) -> None:
         comparison.set_fade_opacity(scene, opacity)
+
+    @staticmethod
+    def setActiveVolume(volumeNode) -> bool:
+        """Make ``volumeNode`` the scene's active volume (selection node); False if the scene has none."""
+        selection = volumeNode.GetScene().GetFirstNodeByClass("vtkMRMLSelectionNode")
+        if selection is None:
+            return False
+        selection.SetActiveVolumeID(volumeNode.GetID())
+        return True

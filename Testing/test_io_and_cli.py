@@ -1,6 +1,7 @@
 """The command end to end on files: geometry kept, formats, atomic writes, every bad input refused."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,16 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
                            str(tmp_path / "out.nii.gz")], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+
+
+def test_evaluate_reports_psnr_and_ssim(tmp_path, capsys):
+    reference = phantom()
+    write_volume(tmp_path / "reference.nii.gz", reference)
+    write_volume(tmp_path / "offset.nii.gz", reference + 2.0)
+    write_volume(tmp_path / "same.nii.gz", reference)
+    assert main(["evaluate", str(tmp_path / "reference.nii.gz"), str(tmp_path / "offset.nii.gz"),
+                 str(tmp_path / "same.nii.gz"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["psnr"] == pytest.approx(20 * np.log10(reference.max() / 2.0), abs=1e-3)
+    assert rows[1]["psnr"] == float("inf") and rows[1]["ssim"] == pytest.approx(1.0)
+    assert rows[0]["ssim"] < 1.0

@@ -96,3 +96,57 @@ def test_scene_without_layout_gives_a_clear_error():
     slicer.util.updateVolumeFromArray(volume, np.arange(8, dtype=np.float32).reshape(2, 2, 2))
     with pytest.raises(RuntimeError, match="no layout node"):
         MRIDenoiseLogic().showComparison(volume, volume)
+
+
+def test_snapshot_renders_the_three_views_of_a_real_run(tmp_path, tiny_weights):
+    from conftest import phantom, write_volume
+    from MRIDenoiseLib.comparison_snapshot import snapshot
+    from MRIDenoiseLib.worker_process import InProcessRunner
+
+    scan = write_volume(tmp_path / "phantom.nrrd", phantom((20, 40, 36)), spacing=(1.0, 1.0, 2.0))
+    logic = MRIDenoiseLogic(runner=InProcessRunner(), weights=tiny_weights)
+    facts = snapshot(scan, tmp_path / "comparison.png", logic=logic, add_noise_percent=4.0, size=(120, 100))
+    data = (tmp_path / "comparison.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(data[16:20], "big") == 360  # three 120-pixel views side by side
+    assert "phantom.nrrd + 4% Rician noise" in facts["caption"] and facts["sigma"] > 0
+
+
+def scroll(logic, millimetres):
+    """What the slice view's interactor does when the reader scrolls: an offset change inside an interaction."""
+    logic.StartSliceOffsetInteraction()
+    logic.SetSliceOffset(logic.GetSliceOffset() + millimetres)
+    logic.EndSliceOffsetInteraction()
+
+
+def test_scrolling_one_view_scrolls_the_others_through_slicers_link_logic():
+    laid = SlicerLikeScene()
+    original, denoised, residual = three_volumes(laid)
+    logic = MRIDenoiseLogic(sliceLogicLookup=laid.sliceLogicLookup)
+    red, yellow, green = (laid.sliceLogics[name] for name in ("Red", "Yellow", "Green"))
+
+    logic.showComparison(original, denoised, residual)
+    start = red.GetSliceOffset()
+    scroll(red, 6.0)
+    assert red.GetSliceOffset() == pytest.approx(start + 6.0)
+    assert yellow.GetSliceOffset() == pytest.approx(start + 6.0)
+    assert green.GetSliceOffset() == pytest.approx(start + 6.0)
+    scroll(green, -9.0)
+    assert red.GetSliceOffset() == pytest.approx(start - 3.0) == yellow.GetSliceOffset()
+
+    # the same scroll with the views unlinked moves one view only: the links above are what did it
+    for name in ("Red", "Yellow", "Green"):
+        composite(laid, name).SetLinkedControl(False)
+    scroll(red, 6.0)
+    assert red.GetSliceOffset() == pytest.approx(start + 3.0)
+    assert yellow.GetSliceOffset() == pytest.approx(start - 3.0)
+
+
+def test_output_becomes_the_active_volume():
+    laid = SlicerLikeScene()
+    original, denoised, _ = three_volumes(laid)
+    assert MRIDenoiseLogic.setActiveVolume(denoised) is True
+    assert laid.scene.GetFirstNodeByClass("vtkMRMLSelectionNode").GetActiveVolumeID() == denoised.GetID()
+    bare = slicer.vtkMRMLScene()
+    volume = bare.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    assert MRIDenoiseLogic.setActiveVolume(volume) is False

@@ -116,22 +116,29 @@ def test_worker_error_is_one_line_and_leaves_nothing(tmp_path):
 def test_cancel_during_denoising_leaves_no_node_and_no_temporary_file(logic, tmp_path):
     laid = SlicerLikeScene()
     source = laid.addVolume(noisy((40, 48, 44)))
+    existing = laid.addVolume(np.arange(8, dtype=np.float32).reshape(2, 2, 2), "earlier result")
+    existing_before = digest(existing)
     nodes_before = laid.scene.GetNumberOfNodes()
     events = []
+
+    while_running = []
 
     def on_event(event):
         events.append((event.kind, event.stage))
         if event.kind == "progress" and event.stage == "denoising":
-            assert any(tmp_path.iterdir())  # the temporary input exists while the worker runs
+            while_running.append(sorted(path.name for path in event.job.temporaryFolder.iterdir()))
             event.job.cancel()
 
-    job = logic.process(source, biasCorrection=False, waitForCompletion=False, eventCallback=on_event)
+    job = logic.process(source, outputVolume=existing, biasCorrection=False, waitForCompletion=False,
+                        eventCallback=on_event)
     job.wait()
 
     assert job.state == CANCELLED and job.outputVolume is None
+    assert len(while_running) == 1 and "input.nrrd" in while_running[0]  # it existed while the worker ran
     assert events[-1] == ("cancelled", "")
     assert ("progress", "preparing") in events and ("completed", "") not in events
     assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert digest(existing) == existing_before and existing.GetName() == "earlier result"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -148,3 +155,23 @@ def test_progress_events_follow_the_stages_in_order(logic):
     assert overall == sorted(overall) and overall[0] == 0.0 and overall[-1] == 1.0
     assert events[-1].kind == "completed" and events[-1].message.startswith("Done in ")
     assert "Estimated noise" in events[-1].message
+
+
+def test_gpu_fallback_note_reaches_the_status_line(logic, monkeypatch):
+    import MRIDenoiseLib.pipeline as pipeline
+
+    real = pipeline.denoise_volume
+
+    def out_of_memory_then_cpu(volume, sigma, network, device, progress=None, cancel=None, on_fallback=None):
+        on_fallback("GPU out of memory (OutOfMemoryError); running on the CPU")  # what inference.py says
+        return real(volume, sigma, network, "cpu", progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(pipeline, "denoise_volume", out_of_memory_then_cpu)
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy())
+    events = []
+    logic.process(source, biasCorrection=False, eventCallback=events.append)
+    assert events[-1].kind == "completed"
+    assert events[-1].job.summary["notes"] == ["GPU out of memory (OutOfMemoryError); running on the CPU"]
+    assert events[-1].message.endswith("GPU out of memory (OutOfMemoryError); running on the CPU")
+    assert "on cpu" in events[-1].message

@@ -1,9 +1,7 @@
-"""Helpers (and their own test): real MRML scenes from slicer-core, laid out the way Slicer lays out its main window.
+"""Helpers (and their own tests): real MRML scenes from slicer-core, laid out as Slicer lays them out.
 
-Slicer's layout manager creates the application logic with its colour nodes and slice orientation
-presets, a layout logic that owns the layout node and creates the Red, Yellow and Green slice nodes
-for the conventional layout, and one slice logic per slice view (which creates that view's slice
-composite node). trame-slicer builds its scene the same way.
+The layout itself is MRIDenoiseLib.headless_scene (trame-slicer builds its scene the same way);
+here: an oblique geometry, matrix helpers, and checks that the scene and its rendering are right.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 import slicer.util  # noqa: E402
-from vtkmodules.vtkCommonCore import vtkCollection  # noqa: E402
+from MRIDenoiseLib.headless_scene import HeadlessScene  # noqa: E402
 from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
 
 
@@ -31,43 +29,11 @@ def oblique_ijk_to_ras(spacing=(0.9, 1.1, 3.0), origin=(-90.5, 12.25, 40.0)) -> 
 OBLIQUE_IJK_TO_RAS = oblique_ijk_to_ras()
 
 
-class SlicerLikeScene:
-    """A scene plus the logics Slicer's main window would have created for it."""
-
-    def __init__(self):
-        self.scene = slicer.vtkMRMLScene()
-        self.applicationLogic = slicer.vtkSlicerApplicationLogic()
-        self.applicationLogic.SetMRMLScene(self.scene)
-        self.applicationLogic.GetColorLogic().SetMRMLScene(self.scene)
-        self.applicationLogic.GetColorLogic().AddDefaultColorNodes()
-        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene, True)
-        self.layoutLogic = slicer.vtkMRMLLayoutLogic()
-        self.layoutLogic.SetMRMLScene(self.scene)
-        self.layoutNode = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-        self.layoutNode.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
-        self.sliceLogics = {}
-        self.applicationLogic.SetSliceLogics(vtkCollection())
-        for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
-            logic = slicer.vtkMRMLSliceLogic()
-            logic.SetMRMLApplicationLogic(self.applicationLogic)
-            self.applicationLogic.GetSliceLogics().AddItem(logic)
-            logic.SetMRMLScene(self.scene)
-            logic.AddSliceNode(name)
-            sliceNode = self.scene.GetSingletonNode(name, "vtkMRMLSliceNode")  # the layout logic's node
-            logic.SetSliceNode(sliceNode)
-            sliceNode.SetDefaultOrientation(orientation)  # what the layout's view factory applies
-            sliceNode.SetOrientationToDefault()
-            self.sliceLogics[name] = logic
-
-    def sliceLogicLookup(self, name):
-        return self.sliceLogics.get(name)
+class SlicerLikeScene(HeadlessScene):
+    """MRIDenoiseLib's headless scene, with the test helpers' defaults (an oblique phantom)."""
 
     def addVolume(self, array: np.ndarray, name: str = "Phantom", ijkToRas=OBLIQUE_IJK_TO_RAS):
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        slicer.util.updateVolumeFromArray(node, array)
-        node.SetIJKToRASMatrix(matrix(ijkToRas))
-        node.CreateDefaultDisplayNodes()
-        return node
+        return super().addVolume(array, name, ijkToRas)
 
     def count(self, className: str) -> int:
         return self.scene.GetNumberOfNodesByClass(className)
@@ -107,3 +73,23 @@ def test_oblique_volume_keeps_its_matrix():
     np.testing.assert_allclose(ijk_to_ras(node), OBLIQUE_IJK_TO_RAS, atol=1e-12)
     directions = OBLIQUE_IJK_TO_RAS[:3, :3] / np.array([0.9, 1.1, 3.0])
     np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-12)
+
+
+def test_rendered_views_show_what_the_composite_nodes_say():
+    laid = SlicerLikeScene()
+    rng = np.random.default_rng(1)
+    bright = laid.addVolume((rng.random((10, 20, 30)) * 100 + 100).astype(np.float32), "bright", np.eye(4))
+    dark = laid.addVolume((bright_values := slicer.util.arrayFromVolume(bright)) * 0.5, "dark", np.eye(4))
+    from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
+
+    MRIDenoiseLogic(sliceLogicLookup=laid.sliceLogicLookup).showComparison(bright, bright)
+    left, right = laid.render("Red", 80, 60), laid.render("Yellow", 80, 60)
+    assert left.shape == (60, 80, 4) and left.dtype == np.uint8
+    assert np.array_equal(left, right) and left[..., 0].std() > 10  # same volume, same view: same pixels
+    MRIDenoiseLogic(sliceLogicLookup=laid.sliceLogicLookup).showComparison(bright, dark)
+    left, right = laid.render("Red", 80, 60), laid.render("Yellow", 80, 60)
+    # same window/level: the half-intensity copy is darker wherever the original is visible
+    visible = left[..., 0] > 0
+    assert visible.mean() > 0.3 and np.all(right[..., 0][visible] <= left[..., 0][visible])
+    assert right[..., 0][visible].mean() < 0.5 * left[..., 0][visible].mean()
+    assert bright_values.min() >= 100

@@ -95,7 +95,7 @@ def test_cancel_kills_the_real_worker_and_leaves_no_node_and_no_file(tiny_weight
     logic = MRIDenoiseLogic(runner=SubprocessRunner(environment=LIGHT), temporaryRoot=str(tmp_path), weights=tiny_weights)
     nodes_before = laid.scene.GetNumberOfNodes()
     job = logic.process(source, waitForCompletion=False)
-    pid = job._process.pid
+    pid = job.workerProcess.pid
     assert psutil.pid_exists(pid) and any(tmp_path.iterdir())
     job.cancel()
     assert job.state == CANCELLED and not job.poll()

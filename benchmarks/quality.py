@@ -55,10 +55,12 @@ def main() -> None:
     parser.add_argument("--out", help="write the markdown table here as well")
     parser.add_argument("--cache", help="JSON file for peer results (DIPY, ANTs)")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--peers-only", action="store_true", help="only fill the peer cache")
     args = parser.parse_args()
 
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).is_file() else {}
     pipeline = DenoisePipeline()
+    methods = METHODS[:3] if args.peers_only else METHODS
     rows = []
     for case, relative in CASES.items():
         image = sitk.ReadImage(str(Path(args.data) / relative))
@@ -67,7 +69,7 @@ def main() -> None:
         for percent in NOISE_PERCENT:
             noisy = add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(1000 + percent))
             row = {"case": case, "noise": percent}
-            for method in METHODS:
+            for method in methods:
                 key = f"{case}|{percent}|{method}"
                 if method in ("DIPY", "ANTs") and key in cache:
                     row[method] = cache[key]
@@ -88,7 +90,10 @@ def main() -> None:
                     if args.cache:
                         Path(args.cache).write_text(json.dumps(cache, indent=1))
             rows.append(row)
-            print(format_row(row), flush=True)
+            if not args.peers_only:
+                print(format_row(row), flush=True)
+    if args.peers_only:
+        return
     table = format_table(rows)
     print(table)
     if args.out:

@@ -35,6 +35,7 @@ from .degradations import NormaliseIntensityd, RandContrastRemapd, RandRicianNoi
 VALIDATION_NAMES = ("colin27",)
 TRAINING_VOXEL_MM = 1.0
 REGION_VOXELS = 128
+FINE_SCAN_SHARE = 0.25
 
 
 def is_validation(file_name: str) -> bool:
@@ -103,6 +104,23 @@ def degradation(patch: int, patches_per_scan: int) -> Compose:
     )
 
 
+def sampling_probabilities(scans: list[Scan], fine_share: float = FINE_SCAN_SHARE) -> np.ndarray:
+    """Scans with voxels of 1.2 mm or finer are few but drawn ``fine_share`` of the time.
+
+    >>> fine = Scan(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2), bool), (1.0, 1.0, 1.0))
+    >>> coarse = Scan(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2), bool), (2.0, 2.0, 2.0))
+    >>> sampling_probabilities([fine, coarse, coarse, coarse]).round(3).tolist()
+    [0.25, 0.25, 0.25, 0.25]
+    >>> sampling_probabilities([fine, coarse, coarse, coarse, coarse, coarse, coarse]).round(3).tolist()[:2]
+    [0.25, 0.125]
+    """
+    fine = np.array([min(scan.spacing) <= 1.2 for scan in scans])
+    if fine.all() or not fine.any():
+        return np.full(len(scans), 1.0 / len(scans))
+    share = max(fine_share, fine.mean())
+    return np.where(fine, share / fine.sum(), (1 - share) / (~fine).sum())
+
+
 class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
@@ -111,13 +129,14 @@ class PatchSampler:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
         self.chain = degradation(patch, patches_per_scan)
+        self.probabilities = sampling_probabilities(scans)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy, clean, sigma) tensors for this step."""
         rng = np.random.default_rng([self.seed, step])
         samples = []
         for _ in range(self.scans_per_step):
-            scan = self.scans[int(rng.integers(len(self.scans)))]
+            scan = self.scans[int(rng.choice(len(self.scans), p=self.probabilities))]
             self.chain.set_random_state(seed=int(rng.integers(2**31)))
             samples.extend(self.chain(scan.as_sample()))
         noisy = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples])

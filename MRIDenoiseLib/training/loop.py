@@ -33,7 +33,7 @@ BEST_WEIGHTS = "best.pt"
 @dataclass
 class TrainConfig:
     steps: int = 10000
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     patch: int = 64
     scans_per_step: int = 1
     patches_per_scan: int = 4
