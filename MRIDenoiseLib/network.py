@@ -30,7 +30,7 @@ from torch import nn
 
 FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
-LOGIT_BOUND = 6.0  # mixing logits stay within +-6, so the softmax never saturates and stops learning
+LOGIT_BOUND = 3.0  # mixing logits stay within +-3, so the softmax never saturates and stops learning
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,31 @@ class NetworkConfig:
         return max(multiple, 8)
 
 
-def _box(volume: torch.Tensor, passes: int) -> torch.Tensor:
+def _box(volume: torch.Tensor, passes: int, kernel=(3, 3, 3)) -> torch.Tensor:
+    padding = tuple(k // 2 for k in kernel)
     for _ in range(passes):
-        volume = F.avg_pool3d(volume, 3, stride=1, padding=1, count_include_pad=False)
+        volume = F.avg_pool3d(volume, kernel, stride=1, padding=padding, count_include_pad=False)
     return volume
 
 
+PLANES = ((1, 3, 3), (3, 1, 3), (3, 3, 1))
+
+
 def smoothed_copies(volume: torch.Tensor) -> list[torch.Tensor]:
-    """The volume smoothed at four scales (about 0.8, 1.2, 1.8 and 3 voxels).
+    """The volume smoothed at four isotropic scales (about 0.8, 1.2, 1.8 and 3 voxels) and
+    within each of the three axis planes (about 1.2 voxels, nothing across the plane).
 
     Repeated 3-voxel box means approximate Gaussians (each pass adds a variance of 2/3 voxel²);
     the two coarse scales are computed at half resolution and interpolated back, which costs an
-    eighth as much. Spatial sizes must be even.
+    eighth as much. The planar copies serve thick-slice scans, where smoothing across slices
+    would blur anatomy. Spatial sizes must be even.
     """
     fine = _box(volume, 1)
     half = F.avg_pool3d(volume, 2)
     copies = [fine, _box(fine, 1)]
     for passes in (1, 3):
         copies.append(F.interpolate(_box(half, passes), scale_factor=2, mode="trilinear", align_corners=False))
+    copies.extend(_box(volume, 2, plane) for plane in PLANES)
     return copies
 
 
@@ -90,7 +97,7 @@ class DenoiserNet(nn.Module):
         super().__init__()
         self.config = config
         folded = FOLD**3
-        self.bases = 5  # the input and its four smoothed copies
+        self.bases = 1 + 4 + len(PLANES)  # the input and its smoothed copies
         self.unet = UNet(
             spatial_dims=3,
             in_channels=folded + 1,
@@ -101,6 +108,9 @@ class DenoiserNet(nn.Module):
             norm=None,
         )
         self.correction_gain = nn.Parameter(torch.zeros(1))
+        # The UNet's logits start small, so the first steps mix all copies instead of locking
+        # onto whichever one a random initialisation favoured.
+        self.logit_gain = nn.Parameter(torch.full((1,), 0.05))
         # How much to smooth depends first of all on the noise level: a small head on log(sigma)
         # gives the global preference, the UNet the local, structure-dependent adjustment.
         self.noise_prior = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, self.bases))
@@ -111,7 +121,7 @@ class DenoiserNet(nn.Module):
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
         features = pixelshuffle(self.unet(torch.cat([folded, sigma_map], dim=1)), spatial_dims=3, scale_factor=FOLD)
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
-        logits = LOGIT_BOUND * torch.tanh((features[:, : self.bases] + prior) / LOGIT_BOUND)
+        logits = LOGIT_BOUND * torch.tanh((self.logit_gain * features[:, : self.bases] + prior) / LOGIT_BOUND)
         weights = torch.softmax(logits, dim=1)
         squared = image * image
         bases = torch.cat([squared, *smoothed_copies(squared)], dim=1)

@@ -78,7 +78,7 @@ def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> li
                 transform.set_random_state(seed=seed + 100 * index + number)
             sample = transform(sample)
         cases.append({"image": np.asarray(sample["image"])[0], "target": np.asarray(sample["target"])[0],
-                      "mask": np.asarray(sample["mask"])[0], "sigma": float(sample["sigma"])})
+                      "mask": np.asarray(sample["mask"])[0] > 0.5, "sigma": float(sample["sigma"])})
     return cases
 
 
