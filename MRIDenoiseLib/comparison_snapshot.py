@@ -19,6 +19,24 @@ import numpy as np
 VIEW_TITLES = (("Red", "Original"), ("Yellow", "Denoised"), ("Green", "Residual (original - denoised)"))
 
 
+def model_identity(weights: Optional[str]) -> str:
+    """The weights file's name and the start of its sha256, so a picture says which model made it.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+    >>> _ = (path.with_name("w.pt.sha256")).write_text("0123456789abcdef  w.pt")
+    >>> model_identity(str(path))
+    'w.pt (sha256 01234567)'
+    """
+    if weights is None:
+        from .model import DEFAULT_WEIGHTS
+
+        weights = str(DEFAULT_WEIGHTS)
+    sums = Path(str(weights) + ".sha256")
+    digest = sums.read_text().split()[0][:8] if sums.is_file() else "unknown"
+    return f"{Path(weights).name} (sha256 {digest})"
+
+
 def snapshot(scan: Path | str, output: Path | str, logic=None, weights: Optional[str] = None,
              add_noise_percent: float = 0.0, bias_correction: bool = False, size: tuple[int, int] = (360, 420),
              seed: int = 0) -> dict:
@@ -58,7 +76,8 @@ def snapshot(scan: Path | str, output: Path | str, logic=None, weights: Optional
     summary = job.summary
     caption = (f"{Path(scan).name}" + (f" + {add_noise_percent:g}% Rician noise" if add_noise_percent else "")
                + f"; estimated noise {summary['sigma_percent']:.2f}%; {job.elapsedSeconds:.1f} s on {summary['device']}"
-               + ("; N4 on" if bias_correction else "") + ". Same window/level left and centre; linked views.")
+               + ("; N4 on" if bias_correction else "") + f"; model {model_identity(logic.weights)}."
+               + " Same window/level left and centre; linked views.")
     figure.text(0.5, 0.01, caption, ha="center", fontsize=9)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(output)

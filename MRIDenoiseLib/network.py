@@ -1,15 +1,19 @@
-"""The denoising network: a noise-level-conditioned UNet that predicts a per-voxel filter.
+"""The denoising network: a per-voxel choice among smoothed copies, steered by SURE and a UNet.
 
-The network does not paint the clean image directly. It chooses, voxel by voxel, how to mix the
-squared magnitude image smoothed at a few scales (a kernel-predicting network), removes the
-Rician bias 2σ² as the classical unbiased estimator does (sqrt(E[M²] - 2σ²)), and adds a small
-learned correction whose gain starts at zero. Training starts from a sensible smoother rather
-than from a random image, which matters when training compute is two CPU cores; and a mixture
-of smoothed copies of the input cannot invent structure that the input lacks.
+The network does not paint the clean image. For every voxel it mixes the squared magnitude and
+seven smoothed copies of it (isotropic at four scales, and within each axis plane for thick
+slices), removes the Rician bias 2σ² as the classical unbiased estimator does
+(sqrt(E[M²] - 2σ²)), and adds a small learned correction whose gain starts at zero. A mixture of
+smoothed copies of the input cannot invent structure the input lacks.
 
-The UNet (MONAI) sees the volume folded losslessly into 8 half-resolution channels (pixel
-unshuffle, as FFDNet does in 2-D) plus a constant channel that carries the noise level, so its
-convolutions cost an eighth of full-resolution ones.
+The mixing weights start from Stein's unbiased risk estimate (SURE): for a linear smoother f
+with centre weight h0, (f(x) - x)² + σ²(2 h0 - 1) estimates, without the clean image, the error
+f makes at a voxel; averaged over a window of about 6 voxels, the copies with lower estimated risk get
+more weight. This needs no training and adapts to the scan actually being denoised. A MONAI
+UNet, trained, adjusts those weights: it sees the volume folded losslessly into 8
+half-resolution channels (pixel unshuffle, as FFDNet does in 2-D) plus a channel with the noise
+level, so its convolutions cost an eighth of full-resolution ones; a small head on log(sigma)
+adds a global preference.
 
 >>> import torch
 >>> net = DenoiserNet()
@@ -20,6 +24,8 @@ torch.Size([1, 1, 32, 32, 16])
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +36,8 @@ from torch import nn
 
 FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
-LOGIT_BOUND = 3.0  # mixing logits stay within +-3, so the softmax never saturates and stops learning
+LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SURE, never overrides it wholesale
+SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,23 @@ class NetworkConfig:
         return max(multiple, 8)
 
 
+def _mean3(volume: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of each voxel and its two neighbours along ``dim`` (two at the edges)."""
+    length = volume.shape[dim]
+    if length < 2:
+        return volume
+    inner = (volume.narrow(dim, 0, length - 2) + volume.narrow(dim, 1, length - 2) + volume.narrow(dim, 2, length - 2)) / 3
+    first = (volume.narrow(dim, 0, 1) + volume.narrow(dim, 1, 1)) / 2
+    last = (volume.narrow(dim, length - 2, 1) + volume.narrow(dim, length - 1, 1)) / 2
+    return torch.cat([first, inner, last], dim=dim)
+
+
 def _box(volume: torch.Tensor, passes: int, kernel=(3, 3, 3)) -> torch.Tensor:
-    padding = tuple(k // 2 for k in kernel)
+    """Repeated 3-voxel box means along the axes where ``kernel`` is 3 (separable, memory-bound)."""
     for _ in range(passes):
-        volume = F.avg_pool3d(volume, kernel, stride=1, padding=padding, count_include_pad=False)
+        for axis, width in enumerate(kernel):
+            if width == 3:
+                volume = _mean3(volume, 2 + axis)
     return volume
 
 
@@ -90,6 +110,35 @@ def smoothed_copies(volume: torch.Tensor) -> list[torch.Tensor]:
     return copies
 
 
+@functools.lru_cache(maxsize=1)
+def centre_weights() -> tuple[float, ...]:
+    """Each smoothed copy's weight on the voxel itself (h0 in SURE), averaged over the 8
+    positions a voxel can have within a 2x2x2 cell (the half-resolution copies depend on it)."""
+    impulse = torch.zeros(1, 1, 16, 16, 16)
+    weights = []
+    for offset in itertools.product((8, 9), repeat=3):
+        impulse.zero_()
+        impulse[(0, 0, *offset)] = 1.0
+        weights.append([float(copy[(0, 0, *offset)]) for copy in smoothed_copies(impulse)])
+    return tuple(float(w) for w in torch.tensor(weights).mean(dim=0))
+
+
+def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: torch.Tensor) -> torch.Tensor:
+    """Mixing logits from the local SURE of the identity and of each smoothed copy.
+
+    The per-voxel risks are averaged over a window of about 6 voxels, computed at half
+    resolution (a 2x2x2 mean, then a 3-voxel mean) and interpolated back: the logits are smooth
+    anyway, and this costs a fraction of a full-resolution window.
+    """
+    half = [variance.expand(image.shape[0], 1, *(n // 2 for n in image.shape[2:]))]
+    for copy, centre in zip(smoothed, centre_weights()):
+        risk = (copy - image) ** 2 + variance * (2 * centre - 1)
+        half.append(_box(F.avg_pool3d(risk, 2), 1))
+    risks = torch.cat(half, dim=1)
+    logits = -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
+    return F.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=False)
+
+
 class DenoiserNet(nn.Module):
     """Maps a normalised noisy volume and its normalised Rician sigma to a clean volume."""
 
@@ -101,7 +150,7 @@ class DenoiserNet(nn.Module):
         self.unet = UNet(
             spatial_dims=3,
             in_channels=folded + 1,
-            out_channels=folded * (self.bases + 1),
+            out_channels=folded + self.bases,
             channels=config.channels,
             strides=config.strides,
             num_res_units=config.num_res_units,
@@ -114,17 +163,24 @@ class DenoiserNet(nn.Module):
         # How much to smooth depends first of all on the noise level: a small head on log(sigma)
         # gives the global preference, the UNet the local, structure-dependent adjustment.
         self.noise_prior = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, self.bases))
+        nn.init.zeros_(self.noise_prior[2].weight)
+        nn.init.zeros_(self.noise_prior[2].bias)
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixelunshuffle(image, spatial_dims=3, scale_factor=FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
-        features = pixelshuffle(self.unet(torch.cat([folded, sigma_map], dim=1)), spatial_dims=3, scale_factor=FOLD)
+        features = self.unet(torch.cat([folded, sigma_map], dim=1))
+        folded_count = folded.shape[1]
+        correction = pixelshuffle(features[:, :folded_count], spatial_dims=3, scale_factor=FOLD)
+        adjustment = F.interpolate(features[:, folded_count:], scale_factor=FOLD, mode="trilinear", align_corners=False)
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
-        logits = LOGIT_BOUND * torch.tanh((self.logit_gain * features[:, : self.bases] + prior) / LOGIT_BOUND)
-        weights = torch.softmax(logits, dim=1)
+        learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)
+        variance = (sigma * sigma).clamp(min=1e-10)
+        weights = torch.softmax(sure_logits(image, smoothed_copies(image), variance) + learned, dim=1)
         squared = image * image
-        bases = torch.cat([squared, *smoothed_copies(squared)], dim=1)
-        second_moment = (weights * bases).sum(dim=1, keepdim=True) - 2 * sigma * sigma
+        second_moment = -2 * variance
+        for index, copy in enumerate([squared, *smoothed_copies(squared)]):
+            second_moment = second_moment + weights[:, index : index + 1] * copy
         magnitude = torch.sqrt(torch.clamp(second_moment, min=1e-8))
-        return magnitude + self.correction_gain * features[:, self.bases :]
+        return magnitude + self.correction_gain * correction

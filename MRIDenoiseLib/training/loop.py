@@ -41,7 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     validate_every: int = 500
     validation_cases: int = 12
-    network: dict = field(default_factory=lambda: NetworkConfig(channels=(32, 64, 128, 128), strides=(2, 2, 2), num_res_units=2).to_dict())
+    network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
 def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -138,6 +138,12 @@ def train(
         torch.set_rng_state(state["torch_rng"].cpu())
         start, best = state["step"], state["best_gain"]
         log({"event": "resumed", "step": start})
+    if start == 0 and validation_cases:
+        network.eval()
+        metrics = validate(network, validation_cases, device)
+        best = metrics["psnr_gain"]
+        save_weights(network, out_dir / BEST_WEIGHTS)
+        log({"event": "validation", "step": 0, **metrics, "best_gain": best})
     network.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
