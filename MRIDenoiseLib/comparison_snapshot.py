@@ -76,10 +76,10 @@ def snapshot(scan: Path | str, output: Path | str, logic=None, weights: Optional
     summary = job.summary
     caption = (f"{Path(scan).name}" + (f" + {add_noise_percent:g}% Rician noise" if add_noise_percent else "")
                + f"; estimated noise {summary['sigma_percent']:.2f}%; {job.elapsedSeconds:.1f} s on {summary['device']}"
-               + ("; N4 on" if bias_correction else "") + f"; model {model_identity(logic.weights)}."
+               + ("; N4 on" if bias_correction else "") + f"\nmodel {model_identity(logic.weights)}."
                + " Same window/level left and centre; linked views.")
-    figure.text(0.5, 0.01, caption, ha="center", fontsize=9)
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=9)
+    figure.tight_layout(rect=(0, 0.09, 1, 1))
     figure.savefig(output)
     plt.close(figure)
     return {"caption": caption, **summary}
