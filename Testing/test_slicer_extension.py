@@ -25,7 +25,7 @@ MODULE = REPO / "MRIDenoise"
 
 def cmake_list(path: Path, variable: str) -> list[str]:
     """The items of ``set(VARIABLE ...)`` (or ``file(GLOB VARIABLE ...)``) in a CMakeLists.txt."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     match = re.search(rf"(?:set|file)\((?:GLOB\s+)?{variable}\b(.*?)\)", text, re.S)
     assert match, f"{variable} not found in {path}"
     items = [item for item in match.group(1).split() if item not in ("RELATIVE", "${CMAKE_CURRENT_SOURCE_DIR}")]
@@ -43,19 +43,19 @@ def test_every_lib_source_is_listed_and_every_listed_file_exists():
 
 def test_weights_patterns_match_the_python_package_data():
     globs = cmake_list(LIB / "CMakeLists.txt", "LIB_PYTHON_RESOURCES")
-    line = re.search(r"^MRIDenoiseLib = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    line = re.search(r"^MRIDenoiseLib = \[(.*)\]$", (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
     package_data = re.findall(r'"([^"]+)"', line)  # [tool.setuptools.package-data]
     assert sorted(globs) == sorted(package_data)
     from MRIDenoiseLib.model import DEFAULT_WEIGHTS
 
-    text = (LIB / "CMakeLists.txt").read_text()
+    text = (LIB / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f'"weights/{DEFAULT_WEIGHTS.name}" IN_LIST' in text and f'"weights/{DEFAULT_WEIGHTS.name}.sha256" IN_LIST' in text
     for path in (LIB / "weights").glob("*"):
         assert any(path.match(pattern) for pattern in globs), f"{path.name} would not be installed"
 
 
 def test_top_level_cmake_declares_the_extension():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
                      "EXTENSION_SCREENSHOTURLS", "EXTENSION_CONTRIBUTORS"):
         assert re.search(rf'set\({variable} "[^"]+"\)', text), variable
@@ -63,7 +63,7 @@ def test_top_level_cmake_declares_the_extension():
     assert text.index("add_subdirectory(MRIDenoiseLib)") < text.index("add_subdirectory(MRIDenoise)")
     icon = re.search(r'EXTENSION_ICONURL ".*/main/(.*?)"', text).group(1)
     assert (REPO / icon).is_file()
-    module_cmake = (MODULE / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in module_cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module_cmake
     assert "../" not in "".join(cmake_list(MODULE / "CMakeLists.txt", "MODULE_PYTHON_SCRIPTS"))
 
@@ -80,7 +80,7 @@ def test_ui_parameter_names_and_widgets_match_the_module():
     ui = ElementTree.parse(MODULE / "Resources" / "UI" / "MRIDenoise.ui")
     names = {widget.get("name") for widget in ui.iter("widget")}
     bound = {prop.findtext("string") for prop in ui.iter("property") if prop.get("name") == "SlicerParameterName"}
-    tree = ast.parse((MODULE / "MRIDenoise.py").read_text())
+    tree = ast.parse((MODULE / "MRIDenoise.py").read_text(encoding="utf-8"))
     parameters = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "MRIDenoiseParameterNode")
     fields = {item.target.id for item in parameters.body if isinstance(item, ast.AnnAssign)}
     assert bound == fields
@@ -89,7 +89,7 @@ def test_ui_parameter_names_and_widgets_match_the_module():
     assert used and used <= names, used - names
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {"MRIDenoise", "MRIDenoiseWidget", "MRIDenoiseLogic", "MRIDenoiseTest"} <= classes
-    assert len((MODULE / "MRIDenoise.py").read_text().splitlines()) < 400
+    assert len((MODULE / "MRIDenoise.py").read_text(encoding="utf-8").splitlines()) < 400
 
 
 STAND_IN = textwrap.dedent("""
@@ -159,7 +159,7 @@ def test_cmake_puts_module_and_lib_side_by_side_in_scripted_modules(tmp_path):
     expected = sorted([str(p.relative_to(LIB)) for p in LIB.rglob("*.py") if "__pycache__" not in p.parts]
                       + ["weights/mridenoise_v1.pt", "weights/mridenoise_v1.pt.sha256"])
     assert installed == expected
-    assert (tmp_path / "build" / "unittests.txt").read_text().split() == ["SCRIPT;MRIDenoise.py"]
+    assert (tmp_path / "build" / "unittests.txt").read_text(encoding="utf-8").split() == ["SCRIPT;MRIDenoise.py"]
     # The Lib imports from the folder Slicer puts on sys.path, as the module and the worker will.
     check = subprocess.run([sys.executable, "-c", "import MRIDenoiseLib.slicer_logic as m; print(m.__file__)"],
                            cwd=modules, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(modules)})
