@@ -127,16 +127,14 @@ def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: tor
     """Mixing logits from the local SURE of the identity and of each smoothed copy.
 
     The per-voxel risks are averaged over a window of about 6 voxels, computed at half
-    resolution (a 2x2x2 mean, then a 3-voxel mean) and interpolated back: the logits are smooth
-    anyway, and this costs a fraction of a full-resolution window.
+    resolution (a 2x2x2 mean, then a 3-voxel mean); the logits are returned at half resolution.
     """
     half = [variance.expand(image.shape[0], 1, *(n // 2 for n in image.shape[2:]))]
     for copy, centre in zip(smoothed, centre_weights()):
         risk = (copy - image) ** 2 + variance * (2 * centre - 1)
         half.append(_box(F.avg_pool3d(risk, 2), 1))
     risks = torch.cat(half, dim=1)
-    logits = -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
-    return F.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=False)
+    return -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
 
 
 class DenoiserNet(nn.Module):
@@ -173,11 +171,13 @@ class DenoiserNet(nn.Module):
         features = self.unet(torch.cat([folded, sigma_map], dim=1))
         folded_count = folded.shape[1]
         correction = pixelshuffle(features[:, :folded_count], spatial_dims=3, scale_factor=FOLD)
-        adjustment = F.interpolate(features[:, folded_count:], scale_factor=FOLD, mode="trilinear", align_corners=False)
+        adjustment = features[:, folded_count:]
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
         learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)
         variance = (sigma * sigma).clamp(min=1e-10)
+        # Mixing weights are smooth: computed at half resolution, interpolated to full once.
         weights = torch.softmax(sure_logits(image, smoothed_copies(image), variance) + learned, dim=1)
+        weights = F.interpolate(weights, scale_factor=FOLD, mode="trilinear", align_corners=False)
         squared = image * image
         second_moment = -2 * variance
         for index, copy in enumerate([squared, *smoothed_copies(squared)]):

@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    executable = shutil.which("mridenoise") or sys.exit("mridenoise is not installed in this environment")
+    beside = os.path.join(os.path.dirname(sys.executable), "mridenoise")
+    executable = beside if os.path.exists(beside) else shutil.which("mridenoise")
+    if executable is None:
+        sys.exit("mridenoise is not installed in this environment")
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "out.nii.gz")
         for label, extra in (("without N4", ["--no-n4"]), ("with N4", [])):
