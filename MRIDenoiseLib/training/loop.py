@@ -34,7 +34,7 @@ BEST_WEIGHTS = "best.pt"
 class TrainConfig:
     steps: int = 10000
     learning_rate: float = 5e-4
-    patch: int = 64
+    patch: int = 48
     scans_per_step: int = 1
     patches_per_scan: int = 4
     seed: int = 0
