@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .io import InputError, image_like, read_image, read_series_volume, refuse_same_path, write_images
+from .io import InputError, image_like, read_image, refuse_same_path, write_images
 from .pipeline import DenoisePipeline, DenoiseResult
 
 
@@ -33,7 +33,7 @@ def denoise_file(
         if extra is not None:
             refuse_same_path(input_path, extra)
     started = time.perf_counter()
-    image = read_image(input_path) if volume is None else read_series_volume(input_path, volume)
+    image = read_image(input_path, volume)
     read_seconds = time.perf_counter() - started
     pipeline = pipeline or DenoisePipeline(weights=weights)
     array = sitk.GetArrayFromImage(image).astype(np.float32)

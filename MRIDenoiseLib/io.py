@@ -61,8 +61,11 @@ def _check_nifti(path: Path) -> None:
         raise InputError(f"{path}: holds NaN or infinite voxels")
 
 
-def read_image(path: Path | str) -> sitk.Image:
-    """Read a scalar 3-D (or 2-D, made one-slice 3-D) image; raise InputError on anything else."""
+def read_image(path: Path | str, volume: int | None = None) -> sitk.Image:
+    """Read a scalar 3-D (or 2-D, made one-slice 3-D) image; raise InputError on anything else.
+
+    ``volume`` picks one volume of a 4-D series (``--volume N``).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -76,6 +79,8 @@ def read_image(path: Path | str) -> sitk.Image:
         first = str(error).strip().splitlines()
         reason = next((line.strip() for line in first if "rror" in line or "nable" in line), "unreadable")
         raise InputError(f"{path}: not a readable image ({reason[:160]})") from None
+    if volume is not None:
+        image = pick_volume(image, volume)
     return check_image(image, str(path))
 
 
@@ -109,18 +114,6 @@ def pick_volume(image: sitk.Image, index: int) -> sitk.Image:
     size = list(image.GetSize())
     size[3] = 0
     return sitk.Extract(image, size, [0, 0, 0, index])
-
-
-def read_series_volume(path: Path | str, index: int) -> sitk.Image:
-    """Read a 4-D file and keep volume ``index``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"{path}: not a readable image") from None
-    return check_image(pick_volume(image, index), str(path))
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
