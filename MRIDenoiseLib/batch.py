@@ -57,3 +57,65 @@ def denoise_file(
                       + f"; total {time.perf_counter() - started:.2f} s on {result.device}")
         reporter.line(f"wrote {output_path}" + "".join(f", {p}" for _, p in outputs[1:]))
     return result
+
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def batch_inputs(source: Path | str) -> Optional[list[Path]]:
+    """The scans of a batch, or None when ``source`` is one scan (a file or a DICOM series folder).
+
+    A batch is a folder holding image files, or a ``.txt`` list with one path per line (blank
+    lines and ``#`` comments ignored; relative paths are relative to the list's folder).
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "b.nii.gz").write_bytes(b""), (folder / "a.nrrd").write_bytes(b""), (folder / "notes.txt").write_text("")
+    >>> [p.name for p in batch_inputs(folder)]
+    ['a.nrrd', 'b.nii.gz']
+    >>> _ = (folder / "list.txt").write_text("# scans\\nb.nii.gz\\n\\n")
+    >>> [p.name for p in batch_inputs(folder / "list.txt")]
+    ['b.nii.gz']
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix == ".txt":
+        lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
+        return [source.parent / line for line in lines if line and not line.startswith("#")]
+    if source.is_dir():
+        scans = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        return scans or None
+    return None
+
+
+def output_name(scan: Path) -> str:
+    """A file keeps its name; a DICOM series folder becomes ``<folder>.nii.gz``."""
+    return scan.name if scan.name.lower().endswith(IMAGE_SUFFIXES) else f"{scan.name}.nii.gz"
+
+
+def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: Optional[DenoisePipeline] = None,
+                  reporter=None, **options) -> dict:
+    """Denoise every scan into ``output_dir``, loading the model once.
+
+    A scan whose output already exists is skipped (outputs are written atomically, so an existing
+    one is complete): a stopped batch started again carries on where it stopped. A scan that
+    fails is reported and the batch goes on. Returns the counts and the failures.
+    """
+    output_dir = Path(output_dir)
+    if any(scan.parent.resolve() == output_dir.resolve() for scan in inputs):
+        raise InputError(f"{output_dir}: the output folder holds the inputs; pick another folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
+    summary = {"denoised": 0, "skipped": 0, "failed": []}
+    for number, scan in enumerate(inputs, start=1):
+        target = output_dir / output_name(scan)
+        if target.exists():
+            summary["skipped"] += 1
+            continue
+        if reporter is not None:
+            reporter.line(f"[{number}/{len(inputs)}] {scan}")
+        try:
+            denoise_file(scan, target, pipeline=pipeline, reporter=reporter, **options)
+            summary["denoised"] += 1
+        except InputError as error:
+            summary["failed"].append(str(error))
+    return summary

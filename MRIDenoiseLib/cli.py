@@ -51,15 +51,24 @@ class Reporter:
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    from .batch import denoise_file
+    from .batch import batch_inputs, denoise_batch, denoise_file
 
     reporter = Reporter(args.quiet)
-    denoise_file(
-        args.input, args.output, bias_correction=not args.no_n4, device=args.device,
-        save_bias=args.save_bias, save_residual=args.save_residual, sigma=args.sigma,
-        volume=args.volume, weights=args.weights, reporter=reporter,
-    )
-    return 0
+    options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
+                   volume=args.volume, weights=args.weights)
+    inputs = batch_inputs(args.input)
+    if inputs is None:
+        denoise_file(args.input, args.output, save_bias=args.save_bias, save_residual=args.save_residual,
+                     reporter=reporter, **options)
+        return 0
+    if args.save_bias or args.save_residual:
+        raise InputError("--save-bias and --save-residual take one scan, not a batch")
+    summary = denoise_batch(inputs, args.output, reporter=reporter, **options)
+    for failure in summary["failed"]:
+        print(f"mridenoise: error: {failure}", file=sys.stderr)
+    reporter.line(f"denoised {summary['denoised']}, skipped {summary['skipped']} already done, "
+                  f"failed {len(summary['failed'])}; outputs in {args.output}")
+    return EXIT_USAGE if summary["failed"] else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -116,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mridenoise", description="Remove Rician noise and bias field from MRI volumes.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    denoise = commands.add_parser("denoise", help="denoise (and bias-correct) one scan")
-    denoise.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
-    denoise.add_argument("output", help="output file (.nii.gz, .nrrd, .mha ...)")
+    denoise = commands.add_parser("denoise", help="denoise (and bias-correct) one scan or a batch")
+    denoise.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder; or, for a batch, "
+                                       "a folder of such files or a .txt list of paths")
+    denoise.add_argument("output", help="output file (.nii.gz, .nrrd, .mha ...); for a batch, an output "
+                                        "folder (scans already done there are skipped)")
     denoise.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")

@@ -194,3 +194,29 @@ def test_evaluate_reports_psnr_and_ssim(tmp_path, capsys):
     assert rows[0]["psnr"] == pytest.approx(20 * np.log10(reference.max() / 2.0), abs=1e-3)
     assert rows[1]["psnr"] == float("inf") and rows[1]["ssim"] == pytest.approx(1.0)
     assert rows[0]["ssim"] < 1.0
+
+
+def test_batch_folder_skips_done_scans_and_reports_failures(tmp_path, tiny_weights, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for index in range(2):
+        write_volume(scans / f"subject{index}.nii.gz", noisy_phantom(seed=index))
+    (scans / "broken.nii.gz").write_text("not an image")
+    out = tmp_path / "out"
+    assert run([scans, out, "--no-n4"], tiny_weights) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["subject0.nii.gz", "subject1.nii.gz"]
+    assert "broken.nii.gz" in capsys.readouterr().err
+    done = (out / "subject0.nii.gz").stat().st_mtime_ns
+    (out / "subject1.nii.gz").unlink()  # as if the first run had stopped there
+    assert main(["denoise", str(scans), str(out), "--no-n4", "--weights", str(tiny_weights)]) == 2
+    assert "denoised 1, skipped 1 already done, failed 1" in capsys.readouterr().out
+    assert (out / "subject0.nii.gz").stat().st_mtime_ns == done
+
+
+def test_batch_list_file_and_output_folder_of_the_inputs(tmp_path, tiny_weights, capsys):
+    write_volume(tmp_path / "a.nrrd", noisy_phantom())
+    (tmp_path / "list.txt").write_text("# one scan\na.nrrd\n")
+    assert run([tmp_path / "list.txt", tmp_path / "out", "--no-n4"], tiny_weights) == 0
+    assert (tmp_path / "out" / "a.nrrd").is_file()
+    assert run([tmp_path / "list.txt", tmp_path], tiny_weights) == 2
+    assert "holds the inputs" in capsys.readouterr().err
