@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .evaluation import evaluate_arrays
 from .io import image_like, read_image, write_images
 from .mask import head_mask
-from .metrics import psnr, ssim
 from .noise import add_rician_noise
 from .pipeline import DenoisePipeline
 
@@ -71,8 +71,8 @@ def run_demo(output_dir: Path, noise_percent: float = 5.0, device: str = "auto",
     log_field = np.log(result.bias_field[mask])
     metrics = {
         "true_sigma": sigma, "estimated_sigma": result.sigma,
-        "noisy": {"psnr": psnr(clean * field, noisy, mask), "ssim": ssim(clean * field, noisy, mask)},
-        "denoised": {"psnr": psnr(clean * field, denoised_before_n4, mask), "ssim": ssim(clean * field, denoised_before_n4, mask)},
+        "noisy": evaluate_arrays(clean * field, noisy, mask),
+        "denoised": evaluate_arrays(clean * field, denoised_before_n4, mask),
         "bias_field_correlation": float(np.corrcoef(log_field, np.log(field[mask]))[0, 1]),
         "seconds": result.seconds,
     }

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from MRIDenoiseLib.evaluation import evaluate_arrays
 from MRIDenoiseLib.mask import head_mask
-from MRIDenoiseLib.metrics import psnr, ssim
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
@@ -83,8 +83,7 @@ def main() -> None:
                     result = run_ants(noisy, image.GetSpacing())
                 else:
                     result = pipeline.run(noisy, image.GetSpacing(), bias_correction=False).denoised
-                row[method] = {"psnr": psnr(clean, result, mask), "ssim": ssim(clean, result, mask),
-                               "seconds": time.perf_counter() - started}
+                row[method] = {**evaluate_arrays(clean, result, mask), "seconds": time.perf_counter() - started}
                 if method in ("DIPY", "ANTs"):
                     cache[key] = row[method]
                     if args.cache:

@@ -94,6 +94,17 @@ def validate(network: DenoiserNet, cases: list[dict], device: torch.device = tor
             "psnr_gain": float(np.mean(denoised) - np.mean(noisy))}
 
 
+def _validate_and_keep_best(network, cases, device, best: float, out_dir: Path, step: int, log) -> float:
+    """Validate; when the gain beats ``best``, save the weights as best.pt. Returns the new best."""
+    network.eval()
+    metrics = validate(network, cases, device)
+    if metrics["psnr_gain"] > best:
+        best = metrics["psnr_gain"]
+        save_weights(network, out_dir / BEST_WEIGHTS)
+    log({"event": "validation", "step": step, **metrics, "best_gain": best})
+    return best
+
+
 def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig, best: float) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
@@ -139,11 +150,7 @@ def train(
         start, best = state["step"], state["best_gain"]
         log({"event": "resumed", "step": start})
     if start == 0 and validation_cases:
-        network.eval()
-        metrics = validate(network, validation_cases, device)
-        best = metrics["psnr_gain"]
-        save_weights(network, out_dir / BEST_WEIGHTS)
-        log({"event": "validation", "step": 0, **metrics, "best_gain": best})
+        best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, 0, log)
     network.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
@@ -157,12 +164,7 @@ def train(
         losses.append(loss.item())
         done = step + 1
         if validation_cases and (done % config.validate_every == 0 or done == config.steps):
-            network.eval()
-            metrics = validate(network, validation_cases, device)
-            if metrics["psnr_gain"] > best:
-                best = metrics["psnr_gain"]
-                save_weights(network, out_dir / BEST_WEIGHTS)
-            log({"event": "validation", "step": done, **metrics, "best_gain": best})
+            best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, done, log)
         if done % config.checkpoint_every == 0 or done == end:
             _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
             log({"event": "checkpoint", "step": done, "loss": float(np.mean(losses[-config.checkpoint_every:])),
