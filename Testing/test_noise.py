@@ -34,10 +34,29 @@ def test_sigma_of_thick_slices(mni_t1):
     assert estimate_sigma(add_rician_noise(thick, sigma, np.random.default_rng(0))) == pytest.approx(sigma, rel=0.2)
 
 
-def test_sigma_of_real_epi_noise_is_bounded(epi_pair):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigma_is_unbiased_in_pure_white_noise(seed):
+    # A ramp has no Haar detail, so every tissue block is pure noise: this checks the block
+    # percentile's correction (it was 4-5% low before the Haar details' correlation was counted).
+    ramp = np.broadcast_to(np.linspace(100.0, 300.0, 60)[:, None, None], (60, 60, 60))
+    noisy = add_rician_noise(ramp, 5.0, np.random.default_rng(seed))
+    assert estimate_sigma(noisy) == pytest.approx(5.0, rel=0.035)
+
+
+def _temporal_sigma(epi_pair) -> float:
     first, second = epi_pair
-    truth = (first - second)[head_mask(first)].std() / np.sqrt(2)
-    estimate = estimate_sigma(first)
-    # Real low-resolution EPI carries anatomy in every frequency band; we stay within 1.7x of
-    # the temporal-difference sigma (DIPY's estimator was 4x off on a similar scan).
-    assert truth < estimate < 1.7 * truth
+    return float((first - second)[head_mask(first)].std() / np.sqrt(2))
+
+
+def test_sigma_of_real_epi_noise_is_bounded(epi_pair):
+    truth = _temporal_sigma(epi_pair)
+    estimate = estimate_sigma(epi_pair[0])
+    # Real 2 mm EPI carries anatomy in every frequency band (about 90% of the finest Haar detail
+    # energy is common to both time points); the estimate is 1.46x the temporal-difference sigma
+    # (1.63x before the 2nd-percentile blocks; DIPY's estimator was 4x off on a similar scan).
+    assert truth < estimate < 1.55 * truth
+
+
+@pytest.mark.xfail(strict=True, reason="single-image estimate is 1.46x on real EPI: see estimate_sigma's docstring")
+def test_sigma_of_real_epi_noise_within_20_percent(epi_pair):
+    assert estimate_sigma(epi_pair[0]) == pytest.approx(_temporal_sigma(epi_pair), rel=0.2)
