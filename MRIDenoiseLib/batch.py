@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,12 +17,12 @@ def denoise_file(
     output_path: Path | str,
     bias_correction: bool = True,
     device: str = "auto",
-    save_bias: Optional[Path | str] = None,
-    save_residual: Optional[Path | str] = None,
-    sigma: Optional[float] = None,
-    volume: Optional[int] = None,
-    weights: Optional[Path | str] = None,
-    pipeline: Optional[DenoisePipeline] = None,
+    save_bias: Path | str | None = None,
+    save_residual: Path | str | None = None,
+    sigma: float | None = None,
+    volume: int | None = None,
+    weights: Path | str | None = None,
+    pipeline: DenoisePipeline | None = None,
     reporter=None,
 ) -> DenoiseResult:
     """Denoise one scan into ``output_path``; the input is only read, never written."""
@@ -62,7 +61,7 @@ def denoise_file(
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def batch_inputs(source: Path | str) -> Optional[list[Path]]:
+def batch_inputs(source: Path | str) -> list[Path] | None:
     """The scans of a batch, or None when ``source`` is one scan (a file or a DICOM series folder).
 
     A batch is a folder holding image files, or a ``.txt`` list with one path per line (blank
@@ -87,12 +86,27 @@ def batch_inputs(source: Path | str) -> Optional[list[Path]]:
     return None
 
 
+def shard(inputs: list[Path], index: int, count: int) -> list[Path]:
+    """Every ``count``-th scan of the sorted batch, starting at number ``index`` (from 0).
+
+    The ``count`` shards of a batch (the tasks of a SLURM job array, say) cover every scan
+    exactly once, whatever order the list was written in.
+
+    >>> scans = [Path(name) for name in ("d.nii", "a.nii", "c.nii", "b.nii", "e.nii")]
+    >>> [[p.name for p in shard(scans, index, 2)] for index in (0, 1)]
+    [['a.nii', 'c.nii', 'e.nii'], ['b.nii', 'd.nii']]
+    """
+    if not 0 <= index < count:
+        raise InputError(f"shard {index}/{count}: the index must be from 0 to {count - 1}")
+    return sorted(inputs)[index::count]
+
+
 def output_name(scan: Path) -> str:
     """A file keeps its name; a DICOM series folder becomes ``<folder>.nii.gz``."""
     return scan.name if scan.name.lower().endswith(IMAGE_SUFFIXES) else f"{scan.name}.nii.gz"
 
 
-def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: Optional[DenoisePipeline] = None,
+def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoisePipeline | None = None,
                   reporter=None, **options) -> dict:
     """Denoise every scan into ``output_dir``, loading the model once.
 

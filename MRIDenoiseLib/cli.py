@@ -50,19 +50,36 @@ class Reporter:
         self._bar, self._stage = None, None
 
 
+def _shard_spec(text: str) -> tuple[int, int]:
+    """``INDEX/COUNT`` as two integers.
+
+    >>> _shard_spec("3/10")
+    (3, 10)
+    """
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 3/10, not {text!r}") from None
+
+
 def _denoise(args: argparse.Namespace) -> int:
-    from .batch import batch_inputs, denoise_batch, denoise_file
+    from .batch import batch_inputs, denoise_batch, denoise_file, shard
 
     reporter = Reporter(args.quiet)
     options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
                    volume=args.volume, weights=args.weights)
     inputs = batch_inputs(args.input)
+    if inputs is None and args.shard:
+        raise InputError("--shard splits a batch (a folder or a .txt list), not one scan")
     if inputs is None:
         denoise_file(args.input, args.output, save_bias=args.save_bias, save_residual=args.save_residual,
                      reporter=reporter, **options)
         return 0
     if args.save_bias or args.save_residual:
         raise InputError("--save-bias and --save-residual take one scan, not a batch")
+    if args.shard:
+        inputs = shard(inputs, *args.shard)
     summary = denoise_batch(inputs, args.output, reporter=reporter, **options)
     for failure in summary["failed"]:
         print(f"mridenoise: error: {failure}", file=sys.stderr)
@@ -96,6 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from .model import DEFAULT_WEIGHTS, load_network
+    from .training import distributed
     from .training.loop import TrainConfig, train_from_folder
 
     if args.threads:
@@ -109,14 +127,16 @@ def _train(args: argparse.Namespace) -> int:
         config.network = load_network(init).config.to_dict()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.jsonl", "a") as log_file:
-        def log(record: dict) -> None:
-            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if not args.quiet:
-                print(json.dumps(record), flush=True)
 
+    def log(record: dict) -> None:
+        # Only rank 0 logs (see training.loop), so one process appends to log.jsonl.
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+        with open(out / "log.jsonl", "a") as log_file:
+            log_file.write(json.dumps(record) + "\n")
+        if not args.quiet:
+            print(json.dumps(record), flush=True)
+
+    with distributed.process_group(args.device):
         train_from_folder(args.data_dir, out, config, init_weights=init, log=log, device=args.device)
     return 0
 
@@ -137,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--sigma", type=float, help="noise sigma in the input's units (default: estimated)")
     denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise")
     denoise.add_argument("--weights", help="weights file (default: the bundled model)")
+    denoise.add_argument("--shard", type=_shard_spec, metavar="INDEX/COUNT",
+                         help="for a batch, denoise only every COUNT-th scan of the sorted list, from "
+                              "number INDEX (0 to COUNT-1): one shard per task of a job array")
     denoise.add_argument("--quiet", action="store_true", help="print nothing but errors")
     denoise.set_defaults(run=_denoise)
 

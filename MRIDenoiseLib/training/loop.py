@@ -2,8 +2,12 @@
 
 The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``).
 A checkpoint holds the network, optimizer, scheduler, step and torch RNG state. The batch of a
-step depends only on (seed, step), so a run stopped and resumed from a checkpoint takes the same
-steps as one that was never stopped.
+step depends only on (seed, step) and, under ``torchrun``, the rank (see ``rank_batch``), so a run
+stopped and resumed from a checkpoint takes the same steps as one that was never stopped.
+
+Under ``torchrun`` every process trains a DistributedDataParallel copy (gradients averaged over
+the ranks); rank 0 alone validates and writes checkpoints, best weights and logs, from the
+unwrapped network, so its files load in single-process runs exactly as before.
 """
 
 from __future__ import annotations
@@ -12,22 +16,25 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from ..inference import denoise_volume, resolve_device
+from ..inference import denoise_volume
 from ..metrics import psnr
 from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
+from . import distributed
 from .data import PatchSampler, Scan, degradation, load_scan, split
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -113,32 +120,59 @@ def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, confi
     os.replace(temporary, path)
 
 
+def rank_batch(sampler: PatchSampler, step: int, rank: int = 0, world_size: int = 1) -> Batch:
+    """This rank's share of a step: draw number ``step * world_size + rank`` of the sampler.
+
+    With one process that is the batch of ``step`` itself, so single-process runs are unchanged;
+    the W ranks of a step draw W consecutive, different batches (a pure function of seed, step,
+    rank and world size, so resumed runs repeat them).
+
+    >>> class Draws:
+    ...     batch = staticmethod(lambda number: number)
+    >>> rank_batch(Draws, 5), [rank_batch(Draws, 5, rank, 2) for rank in (0, 1)]
+    (5, [10, 11])
+    """
+    return sampler.batch(step * world_size + rank)
+
+
+def _discard(record: dict) -> None:
+    """The log of ranks other than 0."""
+
+
 def train(
     config: TrainConfig,
     out_dir: Path | str,
     training_scans: list[Scan],
     validation_cases: list[dict] | None = None,
-    init_weights: Optional[Path] = None,
+    init_weights: Path | None = None,
     resume: bool = True,
-    stop_after: Optional[int] = None,
+    stop_after: int | None = None,
     log: Callable[[dict], None] = print,
     device: str = "cpu",
+    batches: Callable[[int], Batch] | None = None,
 ) -> DenoiserNet:
     """Train into ``out_dir``; resumes from its checkpoint when one is there and ``resume`` is set.
 
     ``stop_after`` ends the run early (as a killed job would) after that many steps in total.
+    ``batches(step)`` gives this process's (noisy, clean, sigma) batch of a step; by default it is
+    ``rank_batch`` of a ``PatchSampler`` over ``training_scans``. Under ``torchrun`` (see
+    ``distributed.process_group``) this is one rank of a DistributedDataParallel run.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    log = log if rank == 0 else _discard
     torch.manual_seed(config.seed)
     network = DenoiserNet(NetworkConfig.from_dict(config.network))
     if init_weights is not None:
         network.load_state_dict(load_network(init_weights).state_dict())
-    device = resolve_device(device)
+    device = distributed.local_device(device)
     network.to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
-    sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
+    if batches is None:
+        sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
+        batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
     if resume and checkpoint.is_file():
@@ -149,26 +183,38 @@ def train(
         torch.set_rng_state(state["torch_rng"].cpu())
         start, best = state["step"], state["best_gain"]
         log({"event": "resumed", "step": start})
-    if start == 0 and validation_cases:
+    # Only rank 0 validates (other ranks may have no cases): the others wait at a barrier.
+    validating = bool(validation_cases) and rank == 0
+    if start == 0 and validating:
         best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, 0, log)
-    network.train()
+    distributed.barrier()
+    model = network
+    if world_size > 1:
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
     for step in range(start, end):
-        noisy, clean, sigma = (tensor.to(device) for tensor in sampler.batch(step))
-        loss = noise_relative_l1(network(noisy, sigma), clean, sigma)
+        noisy, clean, sigma = (tensor.to(device) for tensor in batches(step))
+        loss = noise_relative_l1(model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
         done = step + 1
-        if validation_cases and (done % config.validate_every == 0 or done == config.steps):
-            best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, done, log)
+        if done % config.validate_every == 0 or done == config.steps:
+            if validating:
+                best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, done, log)
+            distributed.barrier()
         if done % config.checkpoint_every == 0 or done == end:
-            _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
-            log({"event": "checkpoint", "step": done, "loss": float(np.mean(losses[-config.checkpoint_every:])),
+            loss_mean = distributed.mean(float(np.mean(losses[-config.checkpoint_every:])), device)
+            if rank == 0:
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
+            log({"event": "checkpoint", "step": done, "loss": loss_mean,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
+    # No rank may go on (and, say, resume from the checkpoint) before rank 0 has written it.
+    distributed.barrier()
     return network.cpu()
 
 
@@ -177,12 +223,14 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
     training_paths, validation_paths = split(data_dir)
     if not training_paths:
         raise FileNotFoundError(f"no NIfTI scans under {data_dir}")
-    log({"event": "data", "training": len(training_paths), "validation": [p.name for p in validation_paths]})
-    validation = make_validation_cases([load_scan(p) for p in validation_paths], config.validation_cases) if validation_paths else None
     scans = [load_scan(p) for p in training_paths]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / "config.json", "w") as stream:
-        json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
-                   "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
+    validation = None
+    if distributed.is_main_process():
+        log({"event": "data", "training": len(training_paths), "validation": [p.name for p in validation_paths]})
+        if validation_paths:
+            validation = make_validation_cases([load_scan(p) for p in validation_paths], config.validation_cases)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / "config.json", "w") as stream:
+            json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
+                       "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
     return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device)
-

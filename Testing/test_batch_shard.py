@@ -1,0 +1,86 @@
+"""``mridenoise denoise LIST OUT --shard INDEX/COUNT``: the tasks of a job array split a batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPO, phantom, write_volume
+
+from MRIDenoiseLib.cli import main
+
+ARRAY_SBATCH = REPO / "scripts" / "slurm" / "denoise_array.sbatch"
+NAMES = ["e.nii.gz", "b.nii.gz", "d.nii.gz", "a.nii.gz", "c.nii.gz"]
+
+
+def shard_run(listing, out, spec, tiny_weights) -> int:
+    return main(["denoise", str(listing), str(out), f"--shard={spec}", "--no-n4", "--weights", str(tiny_weights),
+                 "--quiet"])
+
+
+@pytest.fixture
+def listing(tmp_path):
+    """Five small scans, listed out of order."""
+    for seed, name in enumerate(NAMES):
+        write_volume(tmp_path / name, phantom((16, 20, 18), seed) + 5.0)
+    path = tmp_path / "scans.txt"
+    path.write_text("\n".join(NAMES) + "\n")
+    return path
+
+
+def test_shards_cover_the_sorted_list_once(tmp_path, listing, tiny_weights):
+    outputs = {}
+    for index in range(3):
+        out = tmp_path / f"out{index}"
+        assert shard_run(listing, out, f"{index}/3", tiny_weights) == 0
+        outputs[index] = sorted(p.name for p in out.iterdir())
+    assert outputs == {0: ["a.nii.gz", "d.nii.gz"], 1: ["b.nii.gz", "e.nii.gz"], 2: ["c.nii.gz"]}
+    denoised = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out1" / "e.nii.gz")))
+    assert denoised.shape == (16, 20, 18) and np.isfinite(denoised).all()
+
+
+def test_a_shard_skips_its_done_scans(tmp_path, listing, tiny_weights, capsys):
+    out = tmp_path / "out"
+    assert shard_run(listing, out, "0/2", tiny_weights) == 0
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert sorted(written) == ["a.nii.gz", "c.nii.gz", "e.nii.gz"]
+    (out / "c.nii.gz").unlink()  # as if the array task had been stopped before that scan
+    assert main(["denoise", str(listing), str(out), "--shard", "0/2", "--no-n4", "--weights", str(tiny_weights)]) == 0
+    assert "denoised 1, skipped 2 already done, failed 0" in capsys.readouterr().out
+    assert (out / "a.nii.gz").stat().st_mtime_ns == written["a.nii.gz"]
+
+
+def test_more_tasks_than_scans_leaves_the_last_ones_idle(tmp_path, listing, tiny_weights):
+    assert shard_run(listing, tmp_path / "out", "7/8", tiny_weights) == 0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("spec", ["3/3", "-1/3"])
+def test_an_index_outside_the_count_is_refused(tmp_path, listing, tiny_weights, capsys, spec):
+    assert shard_run(listing, tmp_path / "out", spec, tiny_weights) == 2
+    assert "shard" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_malformed_shard_or_a_single_scan_is_refused(tmp_path, listing, tiny_weights, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        shard_run(listing, tmp_path / "out", "half", tiny_weights)
+    assert exit_info.value.code == 2 and "INDEX/COUNT" in capsys.readouterr().err
+    assert shard_run(tmp_path / "a.nii.gz", tmp_path / "a_out.nii.gz", "0/2", tiny_weights) == 2
+    assert "not one scan" in capsys.readouterr().err and not (tmp_path / "a_out.nii.gz").exists()
+
+
+def test_array_sbatch_gives_each_task_its_shard(tmp_path, listing, tiny_weights):
+    """Task 2 of an array submitted as --array=1-3 (SLURM numbers it 2 of 1..3) takes shard 1/3."""
+    text = ARRAY_SBATCH.read_text()
+    assert subprocess.run(["bash", "-n", str(ARRAY_SBATCH)], check=False).returncode == 0
+    assert "#SBATCH --array=" in text and '--shard "$INDEX/$COUNT"' in text
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+    out = tmp_path / "out"
+    task = subprocess.run(["bash", str(ARRAY_SBATCH), str(listing), str(out), "--no-n4", "--weights", str(tiny_weights),
+                           "--quiet"], env=environment, capture_output=True, text=True, timeout=120, check=False)
+    assert task.returncode == 0, task.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["b.nii.gz", "e.nii.gz"]
