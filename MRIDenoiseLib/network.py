@@ -1,10 +1,10 @@
-"""The denoising network: a per-voxel choice among smoothed copies, steered by SURE and a UNet.
+"""The denoising network: smoothing chosen per voxel by SURE and a UNet, then non-local averaging.
 
-The network does not paint the clean image. For every voxel it mixes the squared magnitude and
+Stage one does not paint the clean image. For every voxel it mixes the squared magnitude and
 seven smoothed copies of it (isotropic at four scales, and within each axis plane for thick
 slices), removes the Rician bias 2σ² as the classical unbiased estimator does
-(sqrt(E[M²] - 2σ²)), and adds a small learned correction whose gain starts at zero. A mixture of
-smoothed copies of the input cannot invent structure the input lacks.
+(sqrt(E[M²] - 2σ²)). A mixture of smoothed copies of the input cannot invent structure the
+input lacks.
 
 The mixing weights start from Stein's unbiased risk estimate (SURE): for a linear smoother f
 with centre weight h0, (f(x) - x)² + σ²(2 h0 - 1) estimates, without the clean image, the error
@@ -14,6 +14,13 @@ UNet, trained, adjusts those weights: it sees the volume folded losslessly into 
 half-resolution channels (pixel unshuffle, as FFDNet does in 2-D) plus a channel with the noise
 level, so its convolutions cost an eighth of full-resolution ones; a small head on log(sigma)
 adds a global preference.
+
+Stage two (``nonlocal_means``) averages the stage-one estimate with a patch-based non-local
+means of the input, and uses that as the guide of a final non-local average of the input: each
+voxel is averaged with the neighbours within two voxels whose guide values match its own. On
+held-out scans it adds 1.2 to 2.5 dB to stage one (MODEL_CARD.md); it is training-free, as the
+output is still an average of input voxels. A small learned correction (gain near zero in the
+bundled weights) is added last.
 
 >>> import torch
 >>> net = DenoiserNet()
@@ -33,6 +40,8 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
+
+from .nonlocal_means import guided_means, patch_means
 
 FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
@@ -182,5 +191,8 @@ class DenoiserNet(nn.Module):
         second_moment = -2 * variance
         for index, copy in enumerate([squared, *smoothed_copies(squared)]):
             second_moment = second_moment + weights[:, index : index + 1] * copy
-        magnitude = torch.sqrt(torch.clamp(second_moment, min=1e-8))
-        return magnitude + self.correction_gain * correction
+        first = torch.sqrt(torch.clamp(second_moment, min=1e-8))
+        # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
+        # into a guide cleaner than either, which then tells which neighbours to average.
+        guide = 0.5 * (first + patch_means(image, variance))
+        return guided_means(image, guide, variance) + self.correction_gain * correction

@@ -69,11 +69,12 @@ def test_gpu_out_of_memory_falls_back_to_cpu(tiny, noisy, monkeypatch):
 
 def test_output_is_in_the_input_units(tiny, noisy):
     # The normalisation is undone exactly: scaling the input by k scales the output by k
-    # (the noise level scales with it), up to float32 rounding, which the square root of the
-    # Rician-debiased second moment amplifies where it is near zero.
+    # (the noise level scales with it), up to float32 rounding, which the exponential
+    # similarity weights and the square root of the Rician-debiased second moment amplify in a
+    # few voxels: no voxel may move by more than 1e-4 of the image's maximum.
     base = denoise_volume(noisy, 6.0, tiny, "cpu", window=64)
     scaled = denoise_volume(noisy * 1000.0, 6000.0, tiny, "cpu", window=64)
-    np.testing.assert_allclose(scaled, base * 1000.0, rtol=5e-3, atol=1e-2)
+    np.testing.assert_allclose(scaled, base * 1000.0, rtol=5e-3, atol=1e-4 * float(scaled.max()))
 
 
 def test_unknown_device_is_refused():
