@@ -79,14 +79,21 @@ class NetworkConfig:
 
 
 def _mean3(volume: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean of each voxel and its two neighbours along ``dim`` (two at the edges)."""
+    """Mean of each voxel and its two neighbours along ``dim`` (two at the edges).
+
+    Written into one output tensor (no concatenation): this runs dozens of times per volume.
+    Inputs never carry gradients here (only the input image and its powers are smoothed).
+    """
     length = volume.shape[dim]
     if length < 2:
         return volume
-    inner = (volume.narrow(dim, 0, length - 2) + volume.narrow(dim, 1, length - 2) + volume.narrow(dim, 2, length - 2)) / 3
-    first = (volume.narrow(dim, 0, 1) + volume.narrow(dim, 1, 1)) / 2
-    last = (volume.narrow(dim, length - 2, 1) + volume.narrow(dim, length - 1, 1)) / 2
-    return torch.cat([first, inner, last], dim=dim)
+    out = torch.empty_like(volume)
+    inner = out.narrow(dim, 1, length - 2)
+    torch.add(volume.narrow(dim, 0, length - 2), volume.narrow(dim, 1, length - 2), out=inner)
+    inner.add_(volume.narrow(dim, 2, length - 2)).div_(3)
+    for edge, neighbour in ((0, 1), (length - 1, length - 2)):
+        torch.add(volume.narrow(dim, edge, 1), volume.narrow(dim, neighbour, 1), out=out.narrow(dim, edge, 1)).div_(2)
+    return out
 
 
 def _box(volume: torch.Tensor, passes: int, kernel=(3, 3, 3)) -> torch.Tensor:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import Callable
 
 import torch
@@ -65,7 +64,7 @@ def _patch_mean(values: torch.Tensor) -> torch.Tensor:
     rows += summed[..., 2:, :]
     cube = rows[..., :-2] + rows[..., 1:-1]
     cube += rows[..., 2:]
-    return F.pad(cube / 27, (1, 1, 1, 1, 1, 1), mode="replicate")
+    return F.pad(cube.div_(27), (1, 1, 1, 1, 1, 1), mode="replicate")
 
 
 def _rician_average(image: torch.Tensor, variance: torch.Tensor, squared_radius: int, pair_weight: PairWeight) -> torch.Tensor:
@@ -88,10 +87,12 @@ def patch_means(image: torch.Tensor, variance: torch.Tensor, squared_radius: int
     Two patches of the same anatomy differ by noise alone, 2σ² per voxel on average; only what
     exceeds that counts, in units of ``width``² σ².
     """
+    scale = -1 / (width * width * variance)
 
     def pair_weight(offset, here, there):
-        distance = _patch_mean(torch.square(image[here] - image[there]))
-        return torch.exp(torch.relu(distance - 2 * variance) * (-1 / (width * width * variance)))
+        # In place: the input image never carries gradients, and this runs for every offset.
+        distance = _patch_mean((image[here] - image[there]).square_())
+        return distance.sub_(2 * variance).relu_().mul_(scale).exp_()
 
     return _rician_average(image, variance, squared_radius, pair_weight)
 
@@ -106,9 +107,11 @@ def guided_means(
 ) -> torch.Tensor:
     """Means of ``image`` over neighbours whose ``guide`` values are within about ``width`` σ of
     the voxel's own, and nearer neighbours more (a factor exp(-``spatial_decay`` |d|²))."""
+    scale = -1 / (width * width * variance)
 
     def pair_weight(offset, here, there):
-        nearness = math.exp(-spatial_decay * sum(v * v for v in offset))
-        return torch.exp(torch.square(guide[here] - guide[there]) * (-1 / (width * width * variance))) * nearness
+        difference = guide[here] - guide[there]
+        nearness = torch.full_like(scale, -spatial_decay * sum(v * v for v in offset))
+        return torch.exp(torch.addcmul(nearness, difference, difference * scale))
 
     return _rician_average(image, variance, squared_radius, pair_weight)
