@@ -49,3 +49,54 @@ def ssim(reference: np.ndarray, result: np.ndarray, mask: np.ndarray) -> float:
         (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
     )
     return float(ssim_map[mask].mean())
+
+
+RESIDUAL_WINDOW_SIGMA = 1.0
+
+
+def residual_gradient_correlation(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray,
+                                  mask: np.ndarray) -> float:
+    """How much anatomy a denoiser removed: Pearson correlation, inside ``mask``, of the residual's
+    local energy with the clean image's gradient magnitude, minus the same for the true noise.
+
+    The residual is ``noisy - denoised``; its local energy is ``r**2`` averaged by a Gaussian of
+    ``RESIDUAL_WINDOW_SIGMA`` voxels, and the gradient magnitude is that of the clean image at
+    the same scale. Removed anatomy is concentrated at edges (blurring takes the most where the
+    gradient is high), so it makes the residual's energy follow the gradient; pure noise
+    does not. The energy is used rather than the signed residual because blurring leaves
+    residuals of both signs on either side of an edge, which cancel in a signed correlation.
+
+    The true noise ``noisy - clean`` is what a perfect denoiser leaves, and its energy is not
+    exactly flat: Rician noise has twice the energy over dark voxels (air, CSF in T1) that it
+    has over tissue, and dark regions border edges. That baseline correlation is subtracted, so
+    the measure is exactly 0 for pure noise removal (``denoised == clean``), positive when
+    the residual holds anatomy, and negative when the residual follows edges less than the true
+    noise does (a method that leaves some noise in place at edges, or the Rician offset in dark
+    regions next to them). A residual of
+    zero (a method that does nothing) has no energy to correlate: its raw correlation counts as
+    0, so it scores minus the baseline.
+
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> rng = np.random.default_rng(0)
+    >>> clean = np.zeros((40, 40, 40)); clean[10:30, 10:30, 10:30] = 100.0
+    >>> noisy = clean + rng.normal(0, 5, clean.shape)
+    >>> mask = np.ones(clean.shape, bool)
+    >>> residual_gradient_correlation(clean, noisy, clean, mask)
+    0.0
+    >>> blurred = ndimage.gaussian_filter(noisy, 2.0)
+    >>> residual_gradient_correlation(clean, noisy, blurred, mask) > 0.5
+    True
+    """
+    clean = np.asarray(clean, dtype=np.float64)
+    noisy = np.asarray(noisy, dtype=np.float64)
+    gradient = ndimage.gaussian_gradient_magnitude(clean, RESIDUAL_WINDOW_SIGMA)[mask]
+
+    def energy_correlation(residual: np.ndarray) -> float:
+        energy = ndimage.gaussian_filter(residual**2, RESIDUAL_WINDOW_SIGMA)[mask]
+        if energy.std() == 0 or gradient.std() == 0:
+            return 0.0
+        return float(np.corrcoef(energy, gradient)[0, 1])
+
+    baseline = energy_correlation(noisy - clean)
+    return energy_correlation(noisy - np.asarray(denoised, dtype=np.float64)) - baseline
