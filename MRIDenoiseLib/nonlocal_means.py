@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ Offset = tuple[int, int, int]
 PairWeight = Callable[[Offset, tuple, tuple], torch.Tensor]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def neighbour_offsets(squared_radius: int) -> tuple[Offset, ...]:
     """One offset of each +-d pair within a sphere of the given squared radius (in voxels).
 

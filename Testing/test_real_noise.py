@@ -1,8 +1,6 @@
 """Real scanner noise, no simulation: nibabel's two-volume EPI, whose second volume has noise
 independent of the first's. A denoiser that helps brings volume 1 closer to volume 2."""
 
-import numpy as np
-
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
