@@ -18,7 +18,7 @@ adds a global preference.
 Stage two (``nonlocal_means``) averages the stage-one estimate with a patch-based non-local
 means of the input, and uses that as the guide of a final non-local average of the input: each
 voxel is averaged with the neighbours within two voxels whose guide values match its own. On
-held-out scans it adds 1.2 to 2.5 dB to stage one (MODEL_CARD.md); it is training-free, as the
+held-out scans it adds 0.5 to 2.5 dB to stage one (BENCHMARKS.md); it is training-free, as the
 output is still an average of input voxels. A small learned correction (gain near zero in the
 bundled weights) is added last.
 
