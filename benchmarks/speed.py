@@ -72,13 +72,13 @@ def write_noisy_copy(scan: str, percent: float, path: str) -> str:
     import numpy as np
     import SimpleITK as sitk
 
+    from MRIDenoiseLib.io import image_like
     from MRIDenoiseLib.noise import add_rician_noise
 
     image = sitk.ReadImage(scan)
     clean = sitk.GetArrayFromImage(image).astype(np.float32)
-    noisy = sitk.GetImageFromArray(add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(0)))
-    noisy.CopyInformation(image)
-    sitk.WriteImage(noisy, path)
+    noisy = add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(0))
+    sitk.WriteImage(image_like(noisy, image), path)
     return path
 
 
