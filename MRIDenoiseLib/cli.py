@@ -122,9 +122,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.warm_start:
         init = Path(args.init_weights) if args.init_weights else DEFAULT_WEIGHTS
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, patch=args.patch, seed=args.seed,
-                         validate_every=args.validate_every, checkpoint_every=args.checkpoint_every)
+                         validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
+                         scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
+                         workers=args.workers)
     if init is not None:
         config.network = load_network(init).config.to_dict()
+    if args.correction_in_guide:
+        config.network["correction_in_guide"] = True
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -184,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=5e-4)
     train.add_argument("--patch", type=int, default=48)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--scans-per-step", type=int, default=1, help="scans drawn per step (per process)")
+    train.add_argument("--patches-per-scan", type=int, default=4)
+    train.add_argument("--workers", type=int, default=0, help="processes preparing batches ahead (0: in the training process)")
+    train.add_argument("--correction-in-guide", action="store_true",
+                       help="the network's correction shifts the stage-two guide instead of the output")
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")

@@ -56,6 +56,9 @@ class NetworkConfig:
     channels: tuple[int, ...] = (32, 64, 128)
     strides: tuple[int, ...] = (2, 2)
     num_res_units: int = 1
+    # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
+    # result: the output stays an average of input voxels, and training can sharpen the guide.
+    correction_in_guide: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +69,7 @@ class NetworkConfig:
             channels=tuple(values["channels"]),
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
+            correction_in_guide=bool(values.get("correction_in_guide", False)),
         )
 
     @property
@@ -202,4 +206,6 @@ class DenoiserNet(nn.Module):
         # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
         # into a guide cleaner than either, which then tells which neighbours to average.
         guide = 0.5 * (first + patch_means(image, variance))
+        if self.config.correction_in_guide:
+            return guided_means(image, guide + self.correction_gain * correction, variance)
         return guided_means(image, guide, variance) + self.correction_gain * correction

@@ -1,11 +1,14 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import phantom
+from conftest import TINY_NETWORK, phantom
 from MRIDenoiseLib import inference
 from MRIDenoiseLib.inference import Cancelled, denoise_volume, window_count, window_size
-from MRIDenoiseLib.model import load_network
+from MRIDenoiseLib.model import load_network, save_weights
+from MRIDenoiseLib.network import DenoiserNet
 from MRIDenoiseLib.noise import add_rician_noise
 
 
@@ -80,3 +83,20 @@ def test_output_is_in_the_input_units(tiny, noisy):
 def test_unknown_device_is_refused():
     with pytest.raises(ValueError, match="unknown device"):
         inference.resolve_device("tpu")
+
+
+def test_correction_in_the_guide_keeps_the_output_an_average_of_input_voxels(tmp_path):
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY_NETWORK, correction_in_guide=True)
+    network = load_network(save_weights(DenoiserNet(config), tmp_path / "guide.pt"))
+    assert network.config.correction_in_guide
+    image = torch.rand(1, 1, 16, 16, 16) + 0.5
+    sigma = torch.tensor([0.05])
+    with torch.no_grad():
+        network.correction_gain.fill_(0.0)
+        plain = network(image, sigma)
+        network.correction_gain.fill_(5.0)
+        steered = network(image, sigma)
+    assert (steered - plain).abs().max() > 1e-3
+    # sqrt(mean of squared inputs - 2 sigma^2) can exceed no input voxel
+    assert steered.max() <= image.max() and steered.min() > 0

@@ -9,7 +9,7 @@ from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
-from MRIDenoiseLib.training.loop import CHECKPOINT, TrainConfig, make_validation_cases, train
+from MRIDenoiseLib.training.loop import CHECKPOINT, TrainConfig, batch_stream, make_validation_cases, train
 
 
 def scans(count=3):
@@ -49,6 +49,16 @@ def test_batches_depend_only_on_seed_and_step():
     noisy, clean, sigma = first.batch(1)
     assert noisy.shape == clean.shape == (4, 1, 16, 16, 16)
     assert (sigma > 0).all() and not torch.equal(noisy, clean)
+
+
+def test_worker_processes_make_the_same_batches_in_the_same_order():
+    sampler = PatchSampler(scans(), patch=16, seed=3)
+    in_process = list(batch_stream(sampler.batch, 4, 9))
+    from_workers = list(batch_stream(sampler.batch, 4, 9, workers=2))
+    assert len(from_workers) == 5
+    for expected, made in zip(in_process, from_workers):
+        for a, b in zip(expected, made):
+            assert torch.equal(a, b)
 
 
 def test_thick_slices_average_along_one_axis():

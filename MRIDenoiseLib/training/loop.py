@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     validate_every: int = 500
     validation_cases: int = 12
+    workers: int = 0
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
@@ -135,6 +136,33 @@ def rank_batch(sampler: PatchSampler, step: int, rank: int = 0, world_size: int 
     return sampler.batch(step * world_size + rank)
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """The batches of steps ``start`` to ``end``, by position, for a DataLoader's workers."""
+
+    def __init__(self, batches: Callable[[int], Batch], start: int, end: int):
+        self.batches, self.start, self.end = batches, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.batches(self.start + index)
+
+
+def batch_stream(batches: Callable[[int], Batch], start: int, end: int, workers: int = 0) -> Iterator[Batch]:
+    """The batches of steps ``start`` to ``end`` in order, made by ``workers`` processes ahead of
+    the step that needs them (a GPU outruns one process of MONAI transforms many times over).
+    Each batch is still ``batches(step)``, so the stream is the same with any number of workers.
+
+    >>> list(batch_stream(lambda step: step * step, 2, 5))
+    [4, 9, 16]
+    """
+    if workers == 0:
+        return (batches(step) for step in range(start, end))
+    steps = _StepBatches(batches, start, end)
+    return iter(torch.utils.data.DataLoader(steps, batch_size=None, num_workers=workers, prefetch_factor=4))
+
+
 def _discard(record: dict) -> None:
     """The log of ranks other than 0."""
 
@@ -194,8 +222,8 @@ def train(
     model.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
-    for step in range(start, end):
-        noisy, clean, sigma = (tensor.to(device) for tensor in batches(step))
+    for step, batch in zip(range(start, end), batch_stream(batches, start, end, config.workers)):
+        noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
         loss = noise_relative_l1(model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
