@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--figures", help="folder for the PNG figures")
     parser.add_argument("--cases", help="only the cases whose name matches this regular expression")
+    parser.add_argument("--weights", help="MRIDenoise weights file (default: the bundled ones)")
     parser.add_argument("--peers-only", action="store_true", help="only fill the peer cache")
     parser.add_argument("--cached-peers-only", action="store_true",
                         help="do not run DIPY or ANTs: peers missing from the cache are left out (shown as -)")
@@ -239,7 +240,7 @@ def main() -> None:
     slices_path = cache_path.with_suffix(".npz") if cache_path else None
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     slices = dict(np.load(slices_path)) if slices_path and slices_path.is_file() else {}
-    pipeline = DenoisePipeline()
+    pipeline = DenoisePipeline(weights=args.weights)
     methods = METHODS[:3] if args.peers_only else METHODS
     maker = CaseMaker(Path(args.data))
     runs = sorted(((c, p) for c in CASES if not args.cases or re.search(args.cases, c.name) for p in c.noise),
@@ -311,13 +312,13 @@ def main() -> None:
         return
     from MRIDenoiseLib.comparison_snapshot import model_identity
 
-    tables = format_tables(rows) + f" MRIDenoise weights: {model_identity(None)}."
+    tables = format_tables(rows) + f" MRIDenoise weights: {model_identity(args.weights)}."
     print(tables)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(tables + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": model_identity(None), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"weights": model_identity(args.weights), "rows": rows}, indent=1))
     if args.figures:
         for path in draw_figures(rows, pictures, Path(args.figures)):
             print(f"wrote {path}")

@@ -83,8 +83,13 @@ def load_scan(path: Path | str) -> Scan:
     return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
 
 
-def degradation(patch: int, patches_per_scan: int) -> Compose:
-    """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs."""
+def degradation(patch: int, patches_per_scan: int, smoothing: bool = True) -> Compose:
+    """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs.
+
+    ``smoothing=False`` leaves out the zoom and point-spread augmentations: anatomy only as sharp
+    as the scans themselves.
+    """
+    smoothing_share = 1.0 if smoothing else 0.0
     spatial = ["target", "mask"]
     pair = ["image", "target", "mask"]
     return Compose(
@@ -92,11 +97,11 @@ def degradation(patch: int, patches_per_scan: int) -> Compose:
             RandSpatialCropd(spatial, roi_size=REGION_VOXELS, random_size=False),
             # Zooming in makes anatomy smoother per voxel, as on finer or smoother scans than
             # the sharp 2 mm IXI majority; without it the network learns never to smooth.
-            RandZoomd(spatial, prob=0.6, min_zoom=1.0, max_zoom=2.0, mode=("trilinear", "nearest"), keep_size=True),
+            RandZoomd(spatial, prob=0.6 * smoothing_share, min_zoom=1.0, max_zoom=2.0, mode=("trilinear", "nearest"), keep_size=True),
             # MRI signal is band-limited (k-space truncation, apodisation, interpolating
             # reconstructions) while its noise is white: a random point-spread width teaches
             # the network to tell the two apart instead of treating all fine texture as anatomy.
-            RandGaussianSmoothd(["target"], prob=0.5, sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
+            RandGaussianSmoothd(["target"], prob=0.5 * smoothing_share, sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
             RandAxisFlipd(spatial, prob=0.5),
             RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
             RandContrastRemapd(["target"], prob=0.7),
@@ -133,11 +138,12 @@ def sampling_probabilities(scans: list[Scan], fine_share: float = FINE_SCAN_SHAR
 class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
-    def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0):
+    def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0,
+                 smoothing: bool = True):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
-        self.chain = degradation(patch, patches_per_scan)
+        self.chain = degradation(patch, patches_per_scan, smoothing)
         self.probabilities = sampling_probabilities(scans)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -49,6 +49,8 @@ class TrainConfig:
     validate_every: int = 500
     validation_cases: int = 12
     workers: int = 0
+    loss: str = "l1"
+    smoothing_augmentation: bool = True
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
@@ -60,6 +62,16 @@ def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Te
     """
     per_patch = (output - clean).abs().flatten(1).mean(dim=1)
     return (per_patch / sigma.to(per_patch)).mean()
+
+
+def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each patch in units of its noise variance (what PSNR measures),
+    averaged over the batch: every noise level weighs the same, as in ``noise_relative_l1``."""
+    per_patch = (output - clean).square().flatten(1).mean(dim=1)
+    return (per_patch / sigma.to(per_patch).square()).mean()
+
+
+LOSSES = {"l1": noise_relative_l1, "l2": noise_relative_l2}
 
 
 def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.03) -> float:
@@ -199,7 +211,8 @@ def train(
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
-        sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed)
+        sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
+                               config.smoothing_augmentation)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
@@ -224,7 +237,7 @@ def train(
     losses, started = [], time.time()
     for step, batch in zip(range(start, end), batch_stream(batches, start, end, config.workers)):
         noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
-        loss = noise_relative_l1(model(noisy, sigma), clean, sigma)
+        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
