@@ -7,9 +7,16 @@ import torch
 from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import sha256_of
-from MRIDenoiseLib.training.data import PatchSampler, Scan, is_validation, split
+from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
-from MRIDenoiseLib.training.loop import CHECKPOINT, TrainConfig, batch_stream, make_validation_cases, train
+from MRIDenoiseLib.training.loop import (
+    CHECKPOINT,
+    LOSSES,
+    TrainConfig,
+    batch_stream,
+    make_validation_cases,
+    train,
+)
 
 
 def scans(count=3):
@@ -59,6 +66,22 @@ def test_worker_processes_make_the_same_batches_in_the_same_order():
     for expected, made in zip(in_process, from_workers):
         for a, b in zip(expected, made):
             assert torch.equal(a, b)
+
+
+def test_losses_weigh_every_noise_level_the_same():
+    clean = torch.zeros(2, 1, 4, 4, 4)
+    sigma = torch.tensor([0.01, 0.1])
+    off_by_one_sigma = clean + sigma.reshape(2, 1, 1, 1, 1)
+    assert LOSSES["l1"](off_by_one_sigma, clean, sigma).item() == pytest.approx(1.0)
+    assert LOSSES["l2"](2 * off_by_one_sigma, clean, sigma).item() == pytest.approx(4.0)
+
+
+def test_smoothing_augmentations_can_be_left_out():
+    def smoothing_probabilities(chain):
+        return [t.prob for t in chain.transforms if type(t).__name__ in ("RandZoomd", "RandGaussianSmoothd")]
+
+    assert smoothing_probabilities(degradation(16, 1)) == [0.6, 0.5]
+    assert smoothing_probabilities(degradation(16, 1, smoothing=False)) == [0.0, 0.0]
 
 
 def test_thick_slices_average_along_one_axis():
