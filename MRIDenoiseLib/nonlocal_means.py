@@ -30,6 +30,10 @@ import torch.nn.functional as F
 Offset = tuple[int, int, int]
 PairWeight = Callable[[Offset, tuple, tuple], torch.Tensor]
 
+# Weights are exp of at least this: below it exp gives less than float32's smallest normal number
+# (1.2e-38), a weight that changes no sum, and the CPU takes ten times as long to compute it.
+EXP_FLOOR = -87.0
+
 
 @functools.cache
 def neighbour_offsets(squared_radius: int) -> tuple[Offset, ...]:
@@ -92,7 +96,7 @@ def patch_means(image: torch.Tensor, variance: torch.Tensor, squared_radius: int
     def pair_weight(offset, here, there):
         # In place: the input image never carries gradients, and this runs for every offset.
         distance = _patch_mean((image[here] - image[there]).square_())
-        return distance.sub_(2 * variance).relu_().mul_(scale).exp_()
+        return distance.sub_(2 * variance).relu_().mul_(scale).clamp_(min=EXP_FLOOR).exp_()
 
     return _rician_average(image, variance, squared_radius, pair_weight)
 
@@ -112,6 +116,6 @@ def guided_means(
     def pair_weight(offset, here, there):
         difference = guide[here] - guide[there]
         nearness = torch.full_like(scale, -spatial_decay * sum(v * v for v in offset))
-        return torch.exp(torch.addcmul(nearness, difference, difference * scale))
+        return torch.exp(torch.addcmul(nearness, difference, difference * scale).clamp_(min=EXP_FLOOR))
 
     return _rician_average(image, variance, squared_radius, pair_weight)
