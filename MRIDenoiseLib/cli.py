@@ -7,6 +7,7 @@ written. Progress bars go to stderr and ``--quiet`` silences everything but erro
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import sys
@@ -194,6 +195,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def _reuse_freed_memory() -> None:
+    """Have glibc keep freed blocks of up to 32 MiB (a 1 mm brain volume in float32) for the
+    next allocation instead of returning them to the kernel.
+
+    The network allocates and frees hundreds of volume-sized tensors; memory fresh from the
+    kernel costs a page fault per 4 KiB (about 0.7 s of a 9 s denoising). Elsewhere than glibc
+    nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 @contextmanager
 def _collector_paused():
     """Import torch, MONAI and their dependencies without the cyclic garbage collector.
@@ -212,6 +236,7 @@ def _collector_paused():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _reuse_freed_memory()
     with _collector_paused():
         from .inference import Cancelled, DeviceUnavailable
         from .io import InputError
