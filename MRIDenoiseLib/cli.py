@@ -7,14 +7,13 @@ written. Progress bars go to stderr and ``--quiet`` silences everything but erro
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-
-from .inference import Cancelled, DeviceUnavailable
-from .io import InputError
-from .model import WeightsError
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -65,6 +64,7 @@ def _shard_spec(text: str) -> tuple[int, int]:
 
 def _denoise(args: argparse.Namespace) -> int:
     from .batch import batch_inputs, denoise_batch, denoise_file, shard
+    from .io import InputError
 
     reporter = Reporter(args.quiet)
     options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
@@ -206,8 +206,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def _reuse_freed_memory() -> None:
+    """Have glibc keep freed blocks of up to 32 MiB (a 1 mm brain volume in float32) for the
+    next allocation instead of returning them to the kernel.
+
+    The network allocates and frees hundreds of volume-sized tensors; memory fresh from the
+    kernel costs a page fault per 4 KiB (about 0.7 s of a 9 s denoising). Elsewhere than glibc
+    nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+@contextmanager
+def _collector_paused():
+    """Import torch, MONAI and their dependencies without the cyclic garbage collector.
+
+    They create hundreds of thousands of objects that live as long as the process; the collector
+    would scan them again and again while they import and once more when the process exits
+    (about 1.3 s of a 10 s denoising in all). Frozen, it leaves them out of every later scan.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _reuse_freed_memory()
+    with _collector_paused():
+        from .inference import Cancelled, DeviceUnavailable
+        from .io import InputError
+        from .model import WeightsError
     try:
         return args.run(args)
     except (InputError, WeightsError, DeviceUnavailable, FileNotFoundError) as error:
