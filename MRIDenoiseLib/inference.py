@@ -98,14 +98,17 @@ class _WindowPredictor:
         return output.float()
 
 
-def whole_volume_fits(shape: tuple[int, ...], free_bytes: int) -> bool:
-    """Whether one window over the whole volume fits in the GPU memory that is free, with room
-    to spare (a 512³ volume peaked at 13.3 GB on an H100: about 100 bytes per voxel).
+def gpu_window(shape: tuple[int, ...], multiple: int, free_bytes: int) -> int:
+    """The sliding-window side on a GPU: the whole volume (rounded up to ``multiple``) where it
+    fits in the free memory with room to spare (a 512³ volume peaked at 13.3 GB on an H100: about
+    100 bytes per voxel), else DEFAULT_WINDOW.
 
-    >>> whole_volume_fits((512, 512, 512), 80 * 1024**3), whole_volume_fits((512, 512, 512), 8 * 1024**3)
-    (True, False)
+    >>> gpu_window((181, 217, 181), 16, 80 * 1024**3), gpu_window((512, 512, 512), 16, 8 * 1024**3)
+    (224, 256)
     """
-    return math.prod(shape) * GPU_BYTES_PER_VOXEL <= GPU_MEMORY_SHARE * free_bytes
+    if math.prod(shape) * GPU_BYTES_PER_VOXEL <= GPU_MEMORY_SHARE * free_bytes:
+        return multiple * math.ceil(max(shape) / multiple)
+    return DEFAULT_WINDOW
 
 
 def _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel):
@@ -115,8 +118,8 @@ def _run_on_device(volume, sigma, network, device, window, overlap, progress, ca
     image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     if on_gpu:
         image = image.to(device)
-        if window is None and whole_volume_fits(volume.shape, torch.cuda.mem_get_info(device)[0]):
-            window = max(volume.shape)
+        if window is None:
+            window = gpu_window(volume.shape, network.config.size_multiple, torch.cuda.mem_get_info(device)[0])
     scale = intensity_scale(image if on_gpu else volume)
     non_negative = bool(image.min() >= 0)
     image = (image / scale)[None, None]

@@ -100,3 +100,11 @@ def test_correction_in_the_guide_keeps_the_output_an_average_of_input_voxels(tmp
     assert (steered - plain).abs().max() > 1e-3
     # sqrt(mean of squared inputs - 2 sigma^2) can exceed no input voxel
     assert steered.max() <= image.max() and steered.min() > 0
+
+
+def test_gpu_window_covers_any_volume_in_multiples_of_the_network_size():
+    for shape in ((181, 217, 181), (256, 256, 20), (97, 113, 1)):
+        window = inference.gpu_window(shape, 16, 80 * 1024**3)
+        roi = window_size(shape, 16, window)
+        assert all(r % 16 == 0 and r >= n for r, n in zip(roi, shape)), (shape, roi)
+        assert window_count(shape, roi, 0.25) == 1
