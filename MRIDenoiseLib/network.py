@@ -195,13 +195,14 @@ class DenoiserNet(nn.Module):
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
         learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)
         variance = (sigma * sigma).clamp(min=1e-10)
-        # Mixing weights are smooth: computed at half resolution, interpolated to full once.
+        # Mixing weights are smooth: computed at half resolution, each interpolated to full
+        # resolution only when its copy is added (one full-resolution weight at a time).
         weights = torch.softmax(sure_logits(image, smoothed_copies(image), variance) + learned, dim=1)
-        weights = F.interpolate(weights, scale_factor=FOLD, mode="trilinear", align_corners=False)
         squared = image * image
         second_moment = -2 * variance
         for index, copy in enumerate([squared, *smoothed_copies(squared)]):
-            second_moment = second_moment + weights[:, index : index + 1] * copy
+            weight = F.interpolate(weights[:, index : index + 1], scale_factor=FOLD, mode="trilinear", align_corners=False)
+            second_moment = second_moment + weight * copy
         first = torch.sqrt(torch.clamp(second_moment, min=1e-8))
         # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
         # into a guide cleaner than either, which then tells which neighbours to average.
