@@ -103,13 +103,13 @@ def _rician_average(image: torch.Tensor, variance: torch.Tensor, squared_radius:
     squared = image * image
     total = squared.clone()
     weight_sum = torch.ones_like(image)
-    # A slab reaches its neighbours' rows; at least reach + 2 rows keep every slab's overlap with
-    # the volume at least two rows deep.
-    # On a GPU, slabs would only multiply the kernel launches: the whole volume is one slab.
-    reach = int(squared_radius**0.5)
     if image.device.type == "cpu":
+        # A slab reaches its neighbours' rows; at least reach + 2 rows keep every slab's overlap
+        # with the volume at least two rows deep.
+        reach = int(squared_radius**0.5)
         slabs = _slabs(image.shape[2], reach + 2, image.numel() // image.shape[2])
     else:
+        # On a GPU, slabs would only multiply the kernel launches: the whole volume is one slab.
         slabs = [(0, image.shape[2])]
 
     def average_slabs(slabs, next_run_started=None, started=None):
