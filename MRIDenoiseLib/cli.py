@@ -129,10 +129,6 @@ def _train(args: argparse.Namespace) -> int:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
         config.network["correction_in_guide"] = True
-    if args.guide_refiner:
-        config.network["guide_refiner"] = tuple(args.guide_refiner)
-    config.guide_loss = args.guide_loss
-    config.refiner_only = args.refiner_only
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -199,11 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
     train.add_argument("--correction-in-guide", action="store_true",
                        help="the network's correction shifts the stage-two guide instead of the output")
-    train.add_argument("--guide-refiner", type=int, nargs="+", metavar="CHANNELS",
-                       help="add a UNet with these channels that refines the stage-two guide")
-    train.add_argument("--refiner-only", action="store_true", help="train the guide refiner alone")
-    train.add_argument("--guide-loss", type=float, default=0.0, metavar="WEIGHT",
-                       help="weight of the loss on the stage-two guide itself (against the clean image)")
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")

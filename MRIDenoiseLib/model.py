@@ -67,12 +67,3 @@ def load_network(path: Path | str = DEFAULT_WEIGHTS) -> DenoiserNet:
     network = DenoiserNet(NetworkConfig.from_dict(bundle["config"]))
     network.load_state_dict({key: value.float() for key, value in bundle["state_dict"].items()})
     return network.eval()
-
-
-def warm_start(network: DenoiserNet, trained: DenoiserNet) -> None:
-    """Copy ``trained``'s parameters into ``network``; only a guide refiner that ``trained`` lacks
-    may stay as initialised (its gain zero: the guide is then the trained network's own)."""
-    missing, unexpected = network.load_state_dict(trained.state_dict(), strict=False)
-    new_refiner = [key for key in missing if key.startswith("guide_refiner.") or key == "refiner_gain"]
-    if unexpected or len(new_refiner) != len(missing):
-        raise WeightsError(f"weights do not fit this network: missing {missing}, unexpected {unexpected}")

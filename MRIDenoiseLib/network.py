@@ -59,10 +59,6 @@ class NetworkConfig:
     # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
     # result: the output stays an average of input voxels, and training can sharpen the guide.
     correction_in_guide: bool = False
-    # Channels of a second UNet that sees the input and the stage-two guide and refines the
-    # guide (empty: none), trained against the clean image too (``TrainConfig.guide_loss``). The
-    # guide only decides which neighbours are averaged: the output is still an average of input voxels.
-    guide_refiner: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +70,6 @@ class NetworkConfig:
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
             correction_in_guide=bool(values.get("correction_in_guide", False)),
-            guide_refiner=tuple(values.get("guide_refiner", ())),
         )
 
     @property
@@ -180,19 +175,6 @@ class DenoiserNet(nn.Module):
             norm=None,
         )
         self.correction_gain = nn.Parameter(torch.zeros(1))
-        if config.guide_refiner:
-            self.guide_refiner = UNet(
-                spatial_dims=3,
-                in_channels=2 * folded + 1,
-                out_channels=folded,
-                channels=config.guide_refiner,
-                strides=(2,) * (len(config.guide_refiner) - 1),
-                num_res_units=config.num_res_units,
-                norm=None,
-            )
-            # Small, so a new refiner barely moves the guide, but not zero: at zero its sign
-            # wanders and the refiner's own gradients with it (they are scaled by the gain).
-            self.refiner_gain = nn.Parameter(torch.full((1,), 0.1))
         # The UNet's logits start small, so the first steps mix all copies instead of locking
         # onto whichever one a random initialisation favoured.
         self.logit_gain = nn.Parameter(torch.full((1,), 0.05))
@@ -202,8 +184,7 @@ class DenoiserNet(nn.Module):
         nn.init.zeros_(self.noise_prior[2].weight)
         nn.init.zeros_(self.noise_prior[2].bias)
 
-    def forward(self, image: torch.Tensor, sigma: torch.Tensor, with_guide: bool = False):
-        """The denoised volume; with ``with_guide``, the pair (denoised, stage-two guide)."""
+    def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixelunshuffle(image, spatial_dims=3, scale_factor=FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
@@ -226,13 +207,6 @@ class DenoiserNet(nn.Module):
         # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
         # into a guide cleaner than either, which then tells which neighbours to average.
         guide = 0.5 * (first + patch_means(image, variance))
-        if self.config.guide_refiner:
-            pair = torch.cat([folded, pixelunshuffle(guide, spatial_dims=3, scale_factor=FOLD), sigma_map], dim=1)
-            refinement = pixelshuffle(self.guide_refiner(pair), spatial_dims=3, scale_factor=FOLD)
-            guide = guide + self.refiner_gain * refinement
         if self.config.correction_in_guide:
-            guide = guide + self.correction_gain * correction
-            output = guided_means(image, guide, variance)
-        else:
-            output = guided_means(image, guide, variance) + self.correction_gain * correction
-        return (output, guide) if with_guide else output
+            return guided_means(image, guide + self.correction_gain * correction, variance)
+        return guided_means(image, guide, variance) + self.correction_gain * correction

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..inference import denoise_volume
 from ..metrics import psnr
-from ..model import load_network, save_weights, warm_start
+from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
 from . import distributed
 from .data import PatchSampler, Scan, degradation, load_scan, split
@@ -51,10 +51,6 @@ class TrainConfig:
     workers: int = 0
     loss: str = "l1"
     smoothing_augmentation: bool = True
-    # Weight of the same loss on the stage-two guide as on the output.
-    guide_loss: float = 0.0
-    # Train the guide refiner alone; the rest keeps its (warm-started) weights.
-    refiner_only: bool = False
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
@@ -76,14 +72,6 @@ def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Te
 
 
 LOSSES = {"l1": noise_relative_l1, "l2": noise_relative_l2}
-
-
-def _step_loss(model, noisy, clean, sigma, config: TrainConfig) -> torch.Tensor:
-    loss = LOSSES[config.loss]
-    if not config.guide_loss:
-        return loss(model(noisy, sigma), clean, sigma)
-    output, guide = model(noisy, sigma, with_guide=True)
-    return loss(output, clean, sigma) + config.guide_loss * loss(guide, clean, sigma)
 
 
 def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.03) -> float:
@@ -217,14 +205,10 @@ def train(
     torch.manual_seed(config.seed)
     network = DenoiserNet(NetworkConfig.from_dict(config.network))
     if init_weights is not None:
-        warm_start(network, load_network(init_weights))
+        network.load_state_dict(load_network(init_weights).state_dict())
     device = distributed.local_device(device)
     network.to(device)
-    if config.refiner_only:
-        for name, parameter in network.named_parameters():
-            parameter.requires_grad_(name.startswith("guide_refiner.") or name == "refiner_gain")
-    trained = [parameter for parameter in network.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
@@ -253,7 +237,7 @@ def train(
     losses, started = [], time.time()
     for step, batch in zip(range(start, end), batch_stream(batches, start, end, config.workers)):
         noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
-        loss = _step_loss(model, noisy, clean, sigma, config)
+        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
