@@ -42,6 +42,7 @@ class MRIDenoiseParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     biasCorrection: bool = True
+    preserveDetail: bool = False
     device: Annotated[str, Choice(["Auto", "GPU", "CPU"])] = "Auto"
     createResidual: bool = False
     createBiasField: bool = False
@@ -142,7 +143,8 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.job = self.logic.process(
                 node.inputVolume, node.outputVolume, biasCorrection=node.biasCorrection,
                 device=DEVICE_BY_LABEL[node.device], createResidual=node.createResidual,
-                createBiasField=node.createBiasField, waitForCompletion=False, eventCallback=self.onJobEvent)
+                createBiasField=node.createBiasField, waitForCompletion=False, eventCallback=self.onJobEvent,
+                preserveDetail=node.preserveDetail)
         self._checkCanApply()
 
     def onJobEvent(self, event) -> None:

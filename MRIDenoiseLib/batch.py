@@ -24,6 +24,7 @@ def denoise_file(
     weights: Path | str | None = None,
     pipeline: DenoisePipeline | None = None,
     reporter=None,
+    preserve_detail: bool = False,
 ) -> DenoiseResult:
     """Denoise one scan into ``output_path``; the input is only read, never written."""
     if save_bias is not None and not bias_correction:
@@ -38,7 +39,7 @@ def denoise_file(
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, image.GetSpacing(), bias_correction=bias_correction, device=device,
-                          sigma=sigma, progress=progress)
+                          sigma=sigma, progress=progress, preserve_detail=preserve_detail)
     outputs = [(image_like(result.denoised, image), output_path)]
     if save_bias is not None:
         outputs.append((image_like(result.bias_field, image), save_bias))

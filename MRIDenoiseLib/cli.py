@@ -68,7 +68,7 @@ def _denoise(args: argparse.Namespace) -> int:
 
     reporter = Reporter(args.quiet)
     options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
-                   volume=args.volume, weights=args.weights)
+                   volume=args.volume, weights=args.weights, preserve_detail=args.preserve_detail)
     inputs = batch_inputs(args.input)
     if inputs is None and args.shard:
         raise InputError("--shard splits a batch (a folder or a .txt list), not one scan")
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("output", help="output file (.nii.gz, .nrrd, .mha ...); for a batch, an output "
                                         "folder (scans already done there are skipped)")
     denoise.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    denoise.add_argument("--preserve-detail", action="store_true",
+                         help="give back what denoising took from each 3x3x3 neighbourhood's mean: faint lesions "
+                              "keep more contrast, a little noise stays (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")

@@ -39,6 +39,7 @@ class DenoiseRequest:
     residualVolume: Any = None
     biasFieldVolume: Any = None
     weights: Optional[str] = None
+    preserveDetail: bool = False
 
     def outputs(self) -> dict[str, Any]:
         """Result name -> node to reuse (or None: create), for the results asked for."""
@@ -135,6 +136,8 @@ class DenoiseJob:
             arguments += ["--bias-field", folder / "bias field.nrrd"]
         if not request.biasCorrection:
             arguments.append("--no-n4")
+        if request.preserveDetail:
+            arguments.append("--preserve-detail")
         if request.weights:
             arguments += ["--weights", request.weights]
         return [str(argument) for argument in arguments]

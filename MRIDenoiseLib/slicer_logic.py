@@ -55,7 +55,8 @@ class MRIDenoiseLogic:
             raise ValueError(f"{inputVolume.GetName()} is not in a scene.")
 
     def createRequest(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
-                      createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None) -> DenoiseRequest:
+                      createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
+                      preserveDetail=False) -> DenoiseRequest:
         self.checkInput(inputVolume)
         if device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
@@ -67,11 +68,12 @@ class MRIDenoiseLogic:
         if (createBiasField or biasFieldVolume is not None) and not biasCorrection:
             raise ValueError("A bias field volume needs bias correction: turn N4 bias correction on.")
         return DenoiseRequest(inputVolume, outputVolume, bool(biasCorrection), device, bool(createResidual),
-                              bool(createBiasField), residualVolume, biasFieldVolume, self.weights)
+                              bool(createBiasField), residualVolume, biasFieldVolume, self.weights, bool(preserveDetail))
 
     def process(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
                 createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
-                waitForCompletion=True, eventCallback: Optional[Callable[[DenoiseEvent], None]] = None):
+                waitForCompletion=True, eventCallback: Optional[Callable[[DenoiseEvent], None]] = None,
+                preserveDetail=False):
         """Denoise ``inputVolume`` into ``outputVolume`` (None: a new node named after the input).
 
         Blocking by default: returns the output node, or raises RuntimeError with the one-line
@@ -80,7 +82,7 @@ class MRIDenoiseLogic:
         reports through ``eventCallback``; without a poller, call ``job.poll()`` or ``job.wait()``.
         """
         request = self.createRequest(inputVolume, outputVolume, biasCorrection, device, createResidual,
-                                     createBiasField, residualVolume, biasFieldVolume)
+                                     createBiasField, residualVolume, biasFieldVolume, preserveDetail)
         job = DenoiseJob(request, self.runner, eventCallback, self.temporaryRoot).start()
         if not waitForCompletion:
             if self.poller is not None:

@@ -224,7 +224,7 @@ def measure(case, clean, noisy, result, mask, spacing, lesions, seconds) -> dict
     return entry
 
 
-def lesion_draws(clean, lesions, spacing, percent, pipeline, draws: int = LESION_DRAWS) -> dict:
+def lesion_draws(clean, lesions, spacing, percent, pipeline, draws: int = LESION_DRAWS, **options) -> dict:
     """Contrast kept per lesion, averaged over ``draws`` more noise draws, by the noisy input (the
     control: it should keep 100%) and by MRIDenoise; with each lesion's clean contrast in units
     of the noise sigma. One draw cannot measure a lesion whose contrast is below about 1 sigma.
@@ -233,7 +233,7 @@ def lesion_draws(clean, lesions, spacing, percent, pipeline, draws: int = LESION
     kept = {"noisy": [], "MRIDenoise": []}
     for draw in range(draws):
         noisy = add_rician_noise(clean, sigma, np.random.default_rng(2000 + 10 * draw + percent))
-        result = pipeline.run(noisy, tuple(reversed(spacing)), bias_correction=False).denoised
+        result = pipeline.run(noisy, tuple(reversed(spacing)), bias_correction=False, **options).denoised
         kept["noisy"].append(contrast_retained(clean, noisy, lesions, spacing))
         kept["MRIDenoise"].append(contrast_retained(clean, result, lesions, spacing))
     return {"draws": draws, "contrast_in_sigma": [lesion_contrast(clean, les, spacing) / sigma for les in lesions],
@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--figures", help="folder for the PNG figures")
     parser.add_argument("--cases", help="only the cases whose name matches this regular expression")
     parser.add_argument("--weights", help="MRIDenoise weights file (default: the bundled ones)")
+    parser.add_argument("--preserve-detail", action="store_true", help="run MRIDenoise with --preserve-detail")
     parser.add_argument("--peers-only", action="store_true", help="only fill the peer cache")
     parser.add_argument("--cached-peers-only", action="store_true",
                         help="do not run DIPY or ANTs: peers missing from the cache are left out (shown as -)")
@@ -259,6 +260,7 @@ def main() -> None:
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     slices = dict(np.load(slices_path)) if slices_path and slices_path.is_file() else {}
     pipeline = DenoisePipeline(weights=args.weights)
+    options = {"preserve_detail": True} if args.preserve_detail else {}
     methods = METHODS[:3] if args.peers_only else METHODS
     maker = CaseMaker(Path(args.data))
     runs = sorted(((c, p) for c in CASES if not args.cases or re.search(args.cases, c.name) for p in c.noise),
@@ -303,7 +305,7 @@ def main() -> None:
             elif method == "ANTs":
                 result = run_ants(noisy, spacing_xyz)
             else:
-                result = pipeline.run(noisy, spacing_xyz, bias_correction=False).denoised
+                result = pipeline.run(noisy, spacing_xyz, bias_correction=False, **options).denoised
             seconds = time.perf_counter() - started
             row[method] = measure(case, clean, noisy, result, mask, spacing, lesions, seconds)
             if keep_slice:
@@ -321,7 +323,7 @@ def main() -> None:
                     cache_path.write_text(json.dumps(cache, indent=1))
                     np.savez_compressed(slices_path, **slices)
         if lesions is not None and not args.peers_only:
-            row["lesion_draws"] = lesion_draws(clean, lesions, spacing, percent, pipeline)
+            row["lesion_draws"] = lesion_draws(clean, lesions, spacing, percent, pipeline, **options)
         rows.append(row)
         if picture:
             pictures[(case.name, percent)] = picture

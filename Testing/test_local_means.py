@@ -1,0 +1,92 @@
+"""--preserve-detail: what denoising took from each 3x3x3 neighbourhood's mean is given back."""
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from conftest import phantom, write_volume
+from test_slicer_scene import SlicerLikeScene, slicer
+from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.local_means import restore_local_means
+from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
+from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
+from MRIDenoiseLib.worker_process import InProcessRunner
+
+SIGMA = 6.0
+
+
+def lesioned_phantom():
+    """The phantom with a faint (one sigma) bright sphere of radius 2 voxels in bright tissue."""
+    clean = phantom((40, 48, 44), 0)
+    centre = np.array([20, 24, 22])
+    grid = np.indices(clean.shape)
+    lesion = ((grid - centre[:, None, None, None]) ** 2).sum(axis=0) <= 4
+    assert clean[lesion].min() > 4 * SIGMA
+    clean[lesion] += SIGMA
+    return clean, lesion
+
+
+def test_a_dimmed_lesion_gets_its_contrast_back():
+    clean, lesion = lesioned_phantom()
+    # What a denoiser that blends the lesion with its surroundings leaves: 40% of its contrast.
+    dimmed = clean - 0.6 * SIGMA * lesion
+    restored = restore_local_means(clean, dimmed, SIGMA, (1.0, 1.0, 1.0))
+    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
+
+    def contrast(volume):
+        return volume[lesion].mean() - volume[shell].mean()
+
+    # A lesion of radius 2 voxels is not much larger than the 3-voxel mean: about half of what it
+    # lost comes back (the 3x3x3 mean spreads the rest of its edge's loss into the shell).
+    assert contrast(dimmed) / contrast(clean) < 0.45
+    assert contrast(restored) / contrast(clean) > 0.65
+
+
+def test_it_costs_a_fifth_of_sigma_of_noise_and_leaves_dark_voxels_alone():
+    clean = np.zeros((30, 30, 30), dtype=np.float32)
+    clean[:, :, 15:] = 20 * SIGMA
+    noisy = add_rician_noise(clean, SIGMA, np.random.default_rng(0))
+    restored = restore_local_means(noisy, clean, SIGMA, (1.0, 1.0, 1.0))
+    # Where the denoiser was perfect, what comes back is the noise's 27-voxel mean: sigma / sqrt(27).
+    added = (restored - clean)[2:-2, 2:-2, 18:-2]
+    assert abs(added.std() / SIGMA - 27**-0.5) < 0.03
+    assert np.array_equal(restored[:, :, :15], clean[:, :, :15])
+
+
+def test_thick_slices_are_not_averaged_across():
+    # A residual that changes only from slice to slice (z, the first array axis) is given back
+    # whole when slices are 5 mm apart, and smeared over three slices when they are 1 mm apart.
+    noisy = np.full((9, 8, 8), 100.0, dtype=np.float32)
+    noisy[4] += 12
+    denoised = np.full_like(noisy, 100.0)
+    thick = restore_local_means(noisy, denoised, 1.0, (5.0, 1.0, 1.0))
+    assert np.allclose(thick, noisy)
+    thin = restore_local_means(noisy, denoised, 1.0, (1.0, 1.0, 1.0))
+    assert np.allclose(thin[3:6, 4, 4], 104.0)
+
+
+def test_the_command_gives_back_the_local_means_of_its_own_result(tmp_path, tiny_weights):
+    clean, _ = lesioned_phantom()
+    source = write_volume(tmp_path / "in.nii.gz", add_rician_noise(clean, SIGMA, np.random.default_rng(2)))
+    image = sitk.ReadImage(str(source))
+    results = {}
+    for name, extra in (("plain", []), ("detail", ["--preserve-detail"])):
+        target = tmp_path / f"{name}.nii.gz"
+        assert main(["denoise", str(source), str(target), "--no-n4", "--quiet", "--sigma", str(SIGMA),
+                     "--weights", str(tiny_weights), *extra]) == 0
+        results[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(target)))
+    expected = restore_local_means(sitk.GetArrayFromImage(image), results["plain"], SIGMA, tuple(reversed(image.GetSpacing())))
+    assert not np.allclose(results["detail"], results["plain"], atol=0.1 * SIGMA)
+    np.testing.assert_allclose(results["detail"], expected, atol=1e-3 * SIGMA)
+
+
+def test_the_slicer_logic_passes_the_option_to_the_worker(tiny_weights, tmp_path):
+    logic = MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path), weights=tiny_weights)
+    clean, _ = lesioned_phantom()
+    noisy = add_rician_noise(clean, SIGMA, np.random.default_rng(3)).astype(np.float32)
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy)
+    results = {preserve: slicer.util.arrayFromVolume(logic.process(source, biasCorrection=False, preserveDetail=preserve))
+               for preserve in (False, True)}
+    expected = restore_local_means(noisy, results[False], estimate_sigma(noisy), tuple(reversed(source.GetSpacing())))
+    np.testing.assert_allclose(results[True], expected, atol=1e-3 * SIGMA)
