@@ -33,9 +33,11 @@ THICK_AXIS = 1.5  # an axis whose voxels are this many times the finest is not a
 
 
 def restore_local_means(noisy: np.ndarray, denoised: np.ndarray, sigma: float, spacing_zyx) -> np.ndarray:
-    """``denoised`` plus the 3x3x3 mean of ``noisy - denoised``, faded out in the dark."""
+    """``denoised`` plus the 3x3x3 mean of ``noisy - denoised``, faded out in the dark (and, for
+    a magnitude image, never below zero)."""
     finest = min(spacing_zyx)
     size = [3 if spacing <= THICK_AXIS * finest else 1 for spacing in spacing_zyx]
     lost = ndimage.uniform_filter(noisy.astype(np.float32) - denoised, size=size, mode="nearest")
     bright = np.clip((denoised / np.float32(sigma) - FLOOR) / RAMP, 0, 1)
-    return (denoised + bright * lost).astype(np.float32)
+    restored = (denoised + bright * lost).astype(np.float32)
+    return np.maximum(restored, 0, out=restored) if noisy.min() >= 0 else restored

@@ -90,3 +90,13 @@ def test_the_slicer_logic_passes_the_option_to_the_worker(tiny_weights, tmp_path
                for preserve in (False, True)}
     expected = restore_local_means(noisy, results[False], estimate_sigma(noisy), tuple(reversed(source.GetSpacing())))
     np.testing.assert_allclose(results[True], expected, atol=1e-3 * SIGMA)
+
+
+def test_a_magnitude_image_never_goes_below_zero():
+    # A bright voxel among brighter ones, where the input is all dark: the 3x3x3 mean of what was
+    # "lost" is far more negative than the voxel itself.
+    noisy = np.zeros((5, 5, 5), dtype=np.float32)
+    denoised = np.full_like(noisy, 10 * SIGMA)
+    denoised[2, 2, 2] = 4 * SIGMA
+    assert restore_local_means(noisy, denoised, SIGMA, (1.0, 1.0, 1.0)).min() == 0
+    assert restore_local_means(noisy - 1, denoised, SIGMA, (1.0, 1.0, 1.0)).min() < 0
