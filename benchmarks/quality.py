@@ -71,7 +71,7 @@ CONTRAST_NAMES = {"T1": "T1", "T2": "T2-like", "PD": "PD-like"}
 THICK_MM = 6.0
 LESION_COUNT = 12
 LESION_SEED = 27
-LESION_DRAWS = 4  # further noise draws for the lesion cases (noisy input and MRIDenoise only)
+LESION_DRAWS = 16  # further noise draws for the lesion cases (noisy input and MRIDenoise only)
 LESION_PATCH_MM = 12  # half-width of the lesion close-ups
 
 
