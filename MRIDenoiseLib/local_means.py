@@ -37,7 +37,7 @@ def restore_local_means(noisy: np.ndarray, denoised: np.ndarray, sigma: float, s
     a magnitude image, never below zero)."""
     finest = min(spacing_zyx)
     size = [3 if spacing <= THICK_AXIS * finest else 1 for spacing in spacing_zyx]
-    lost = ndimage.uniform_filter(noisy.astype(np.float32) - denoised, size=size, mode="nearest")
+    lost = ndimage.uniform_filter(np.subtract(noisy, denoised, dtype=np.float32), size=size, mode="nearest")
     bright = np.clip((denoised / np.float32(sigma) - FLOOR) / RAMP, 0, 1)
     restored = (denoised + bright * lost).astype(np.float32)
     return np.maximum(restored, 0, out=restored) if noisy.min() >= 0 else restored

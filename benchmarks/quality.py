@@ -260,7 +260,7 @@ def main() -> None:
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     slices = dict(np.load(slices_path)) if slices_path and slices_path.is_file() else {}
     pipeline = DenoisePipeline(weights=args.weights)
-    options = {"preserve_detail": True} if args.preserve_detail else {}
+    options = {"preserve_detail": args.preserve_detail}
     methods = METHODS[:3] if args.peers_only else METHODS
     maker = CaseMaker(Path(args.data))
     runs = sorted(((c, p) for c in CASES if not args.cases or re.search(args.cases, c.name) for p in c.noise),

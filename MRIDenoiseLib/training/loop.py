@@ -235,7 +235,7 @@ def train(
     model.train()
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
-    for step, batch in zip(range(start, end), batch_stream(batches, start, end, config.workers)):
+    for step, batch in enumerate(batch_stream(batches, start, end, config.workers), start=start):
         noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
         loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
