@@ -9,8 +9,8 @@ input lacks.
 The mixing weights start from Stein's unbiased risk estimate (SURE): for a linear smoother f
 with centre weight h0, (f(x) - x)² + σ²(2 h0 - 1) estimates, without the clean image, the error
 f makes at a voxel; averaged over a window of about 6 voxels, the copies with lower estimated risk get
-more weight. This needs no training and adapts to the scan actually being denoised. A MONAI
-UNet, trained, adjusts those weights: it sees the volume folded losslessly into 8
+more weight. This needs no training and adapts to the scan actually being denoised. A UNet
+(MONAI's, rebuilt in ``unet.py``), trained, adjusts those weights: it sees the volume folded losslessly into 8
 half-resolution channels (pixel unshuffle, as FFDNet does in 2-D) plus a channel with the noise
 level, so its convolutions cost an eighth of full-resolution ones; a small head on log(sigma)
 adds a global preference.
@@ -37,11 +37,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import UNet
-from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 
 from .nonlocal_means import guided_means, patch_means
+from .unet import UNet, pixel_shuffle, pixel_unshuffle
 
 FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
@@ -166,13 +165,11 @@ class DenoiserNet(nn.Module):
         folded = FOLD**3
         self.bases = 1 + 4 + len(PLANES)  # the input and its smoothed copies
         self.unet = UNet(
-            spatial_dims=3,
             in_channels=folded + 1,
             out_channels=folded + self.bases,
             channels=config.channels,
             strides=config.strides,
             num_res_units=config.num_res_units,
-            norm=None,
         )
         self.correction_gain = nn.Parameter(torch.zeros(1))
         # The UNet's logits start small, so the first steps mix all copies instead of locking
@@ -186,11 +183,11 @@ class DenoiserNet(nn.Module):
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
-        folded = pixelunshuffle(image, spatial_dims=3, scale_factor=FOLD)
+        folded = pixel_unshuffle(image, FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
         features = self.unet(torch.cat([folded, sigma_map], dim=1))
         folded_count = folded.shape[1]
-        correction = pixelshuffle(features[:, :folded_count], spatial_dims=3, scale_factor=FOLD)
+        correction = pixel_shuffle(features[:, :folded_count], FOLD)
         adjustment = features[:, folded_count:]
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
         learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)

@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -108,3 +110,33 @@ def test_gpu_window_covers_any_volume_in_multiples_of_the_network_size():
         roi = window_size(shape, 16, window)
         assert all(r % 16 == 0 and r >= n for r, n in zip(roi, shape)), (shape, roi)
         assert window_count(shape, roi, 0.25) == 1
+
+
+def test_one_window_gives_what_monais_sliding_window_gives(tiny, noisy):
+    from monai.inferers import SlidingWindowInferer
+
+    image = torch.from_numpy(noisy[:37, :50, :33] / 100.0)[None, None].float()
+    roi = window_size(image.shape[2:], tiny.config.size_multiple)
+    assert inference.fits_one_window(image.shape[2:], roi) and roi == (40, 56, 40)
+
+    def predictor(windows):
+        return tiny(windows, torch.tensor([0.06]))
+
+    with torch.inference_mode():
+        ours = inference.predict_one_window(image, roi, predictor)
+        theirs = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=0.25, mode="gaussian")(image, predictor)
+    assert ours.shape == image.shape and ours.is_contiguous()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_denoising_a_volume_that_fits_one_window_never_imports_monai(tiny_weights):
+    script = (
+        "import sys, numpy as np\n"
+        "from MRIDenoiseLib.inference import denoise_volume\n"
+        "from MRIDenoiseLib.model import load_network\n"
+        "volume = np.random.default_rng(0).random((20, 24, 9)).astype(np.float32) * 100\n"
+        f"denoise_volume(volume, 5.0, load_network({str(tiny_weights)!r}), 'cpu')\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'monai'))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "[]"
