@@ -234,7 +234,7 @@ def _reuse_freed_memory() -> None:
 
 @contextmanager
 def _collector_paused():
-    """Import torch, MONAI and their dependencies without the cyclic garbage collector.
+    """Import torch, SimpleITK and their dependencies without the cyclic garbage collector.
 
     They create hundreds of thousands of objects that live as long as the process; the collector
     would scan them again and again while they import and once more when the process exits
