@@ -43,8 +43,9 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.conv = nn.Sequential()
         channels, unit_stride = in_channels, stride
-        for index in range(max(1, subunits)):
-            activation = not (last_conv_only and index == max(1, subunits) - 1)
+        subunits = max(1, subunits)
+        for index in range(subunits):
+            activation = not (last_conv_only and index == subunits - 1)
             self.conv.add_module(f"unit{index}", Convolution(channels, out_channels, unit_stride, activation=activation))
             channels, unit_stride = out_channels, 1
         self.residual: nn.Module = nn.Identity()
