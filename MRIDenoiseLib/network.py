@@ -186,11 +186,19 @@ class DenoiserNet(nn.Module):
         nn.init.zeros_(self.noise_prior[2].weight)
         nn.init.zeros_(self.noise_prior[2].bias)
         if config.learned_width:
-            # Sees the UNet's output and its input; starts at zero, i.e. at stage two's own width.
-            self.width_head = nn.Sequential(nn.Conv3d(2 * folded + self.bases + 1, 8, 3, padding=1), nn.PReLU(),
-                                            nn.Conv3d(8, 1, 1))
-            nn.init.zeros_(self.width_head[2].weight)
-            nn.init.zeros_(self.width_head[2].bias)
+            # Sees the UNet's output and its input at quarter resolution, over about 60 voxels
+            # (dilated convolutions): enough to tell which tissue is which in any contrast. Its
+            # output starts at zero, i.e. at stage two's own width.
+            width = 16
+            self.width_head = nn.Sequential(
+                nn.AvgPool3d(2),
+                nn.Conv3d(2 * folded + self.bases + 1, width, 3, padding=1), nn.PReLU(),
+                nn.Conv3d(width, width, 3, padding=2, dilation=2), nn.PReLU(),
+                nn.Conv3d(width, width, 3, padding=4, dilation=4), nn.PReLU(),
+                nn.Conv3d(width, 1, 1),
+            )
+            nn.init.zeros_(self.width_head[-1].weight)
+            nn.init.zeros_(self.width_head[-1].bias)
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
@@ -219,7 +227,7 @@ class DenoiserNet(nn.Module):
         inverse_width = None
         if self.config.learned_width:
             log_width = WIDTH_BOUND * torch.tanh(self.width_head(torch.cat([features, unet_input], dim=1)) / WIDTH_BOUND)
-            inverse_width = F.interpolate(torch.exp(-log_width), scale_factor=FOLD, mode="trilinear", align_corners=False)
+            inverse_width = F.interpolate(torch.exp(-log_width), scale_factor=2 * FOLD, mode="trilinear", align_corners=False)
         if self.config.correction_in_guide:
             return guided_means(image, guide + self.correction_gain * correction, variance, inverse_width=inverse_width)
         return guided_means(image, guide, variance, inverse_width=inverse_width) + self.correction_gain * correction
