@@ -46,7 +46,8 @@ FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
 LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SURE, never overrides it wholesale
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
-WIDTH_BOUND = 1.1  # the learned width stays within exp(+-1.1), a third to three times stage two's own
+WIDTH_BOUND = 1.1  # the learned width only narrows, to exp(-1.1) (a third) of stage two's own at most
+NARROWING_START = -4.0  # the head's output starts here: sigmoid(-4) = 0.018, 2% narrower than stage two
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class DenoiserNet(nn.Module):
             self.width_head = nn.Sequential(nn.Conv3d(2 * folded + self.bases + 1, 8, 3, padding=1), nn.PReLU(),
                                             nn.Conv3d(8, 1, 1))
             nn.init.zeros_(self.width_head[2].weight)
-            nn.init.zeros_(self.width_head[2].bias)
+            nn.init.constant_(self.width_head[2].bias, NARROWING_START)
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
@@ -218,7 +219,7 @@ class DenoiserNet(nn.Module):
         guide = 0.5 * (first + patch_means(image, variance))
         inverse_width = None
         if self.config.learned_width:
-            log_width = WIDTH_BOUND * torch.tanh(self.width_head(torch.cat([features, unet_input], dim=1)) / WIDTH_BOUND)
+            log_width = -WIDTH_BOUND * torch.sigmoid(self.width_head(torch.cat([features, unet_input], dim=1)))
             inverse_width = F.interpolate(torch.exp(-log_width), scale_factor=FOLD, mode="trilinear", align_corners=False)
         if self.config.correction_in_guide:
             return guided_means(image, guide + self.correction_gain * correction, variance, inverse_width=inverse_width)
