@@ -1,5 +1,5 @@
 """Copy a training subset small enough to travel with the repository to a GPU machine that has no
-network and no ../shared (about 53 MB with the defaults).
+network and no ../shared (about 55 MB with the defaults).
 
     python scripts/gpu/make_subset.py ../shared/data .devdata
 
