@@ -127,7 +127,7 @@ def predict_one_window(image: torch.Tensor, roi: tuple[int, ...], predictor: Cal
     """What MONAI's sliding window gives when one window covers the (B, C, D, H, W) image: the
     image zero-padded to ``roi`` (the odd voxel after), predicted, and cropped back.
 
-    It skips importing MONAI (about 1.7 s of a CPU run) and the blending buffers.
+    It skips importing MONAI and the blending buffers.
     """
     sizes = image.shape[2:]
     margins = [((r - n) // 2, r - n - (r - n) // 2) for r, n in zip(roi, sizes)]
