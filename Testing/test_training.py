@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -6,7 +7,9 @@ import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
-from MRIDenoiseLib.model import sha256_of
+from MRIDenoiseLib.model import load_network, sha256_of
+from MRIDenoiseLib.network import DenoiserNet
+from MRIDenoiseLib.nonlocal_means import guided_means
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
@@ -16,6 +19,7 @@ from MRIDenoiseLib.training.loop import (
     batch_stream,
     make_validation_cases,
     train,
+    warm_start,
 )
 
 
@@ -131,3 +135,41 @@ def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
     assert [r["event"] for r in records][0] == "data"
     assert any(r["event"] == "validation" for r in records)
     assert sha256_of(tiny_weights) == before
+
+
+def test_learned_width_head_warm_starts_as_the_plain_network_and_trains_alone(tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in (1, 2, 10):
+        write_volume(data / f"IXI{index:03d}-HH-1_T1.nii.gz", phantom((36, 40, 32), index))
+    code = main(["train", str(data), str(tmp_path / "run"), "--steps", "3", "--patch", "16", "--validate-every", "3",
+                 "--checkpoint-every", "3", "--warm-start", "--init-weights", str(tiny_weights), "--learned-width",
+                 "--train-only", "width_head", "--lr", "1e-2", "--quiet"])
+    assert code == 0
+    start = load_network(tiny_weights).state_dict()
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert checkpoint["config"]["network"]["learned_width"] and tuple(checkpoint["config"]["train_only"]) == ("width_head",)
+    trained = checkpoint["network"]
+    moved = [name for name, value in trained.items() if name not in start or not torch.equal(value, start[name])]
+    assert "width_head.2.weight" in moved and all(name.startswith("width_head.") for name in moved)
+
+
+def test_a_learned_width_of_k_everywhere_is_the_plain_width_times_k():
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 12, 10, 8) + 0.5
+    guide = image + 0.05 * torch.randn_like(image)
+    variance = torch.tensor(0.01).reshape(1, 1, 1, 1, 1)
+    widened = guided_means(image, guide, variance, inverse_width=torch.full_like(image, 1 / 1.5))
+    torch.testing.assert_close(widened, guided_means(image, guide, variance, width=0.8 * 1.5))
+    assert not torch.allclose(widened, guided_means(image, guide, variance))
+
+
+def test_a_warm_started_width_head_leaves_the_output_as_it_was(tiny_weights):
+    start = load_network(tiny_weights)
+    widened = DenoiserNet(dataclasses.replace(start.config, learned_width=True)).eval()
+    warm_start(widened, start)
+    image = torch.rand(1, 1, 16, 16, 8) + 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(widened(image, torch.tensor([0.05])), start(image, torch.tensor([0.05])), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        warm_start(start, widened)

@@ -51,6 +51,8 @@ class TrainConfig:
     workers: int = 0
     loss: str = "l1"
     smoothing_augmentation: bool = True
+    # Names (prefixes) of the only parameters to train; empty trains them all.
+    train_only: tuple[str, ...] = ()
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
@@ -179,6 +181,14 @@ def _discard(record: dict) -> None:
     """The log of ranks other than 0."""
 
 
+def warm_start(network: DenoiserNet, start: DenoiserNet) -> None:
+    """Copy ``start``'s parameters into ``network``; a learned-width head ``start`` lacks keeps its
+    zero-initialised output (stage two's own width), so the network starts out as ``start``."""
+    missing, unexpected = network.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("width_head.") for key in missing):
+        raise ValueError(f"cannot warm-start: missing {missing}, unexpected {unexpected}")
+
+
 def train(
     config: TrainConfig,
     out_dir: Path | str,
@@ -205,10 +215,14 @@ def train(
     torch.manual_seed(config.seed)
     network = DenoiserNet(NetworkConfig.from_dict(config.network))
     if init_weights is not None:
-        network.load_state_dict(load_network(init_weights).state_dict())
+        warm_start(network, load_network(init_weights))
+    if config.train_only:
+        for name, parameter in network.named_parameters():
+            parameter.requires_grad_(name.startswith(tuple(config.train_only)))
     device = distributed.local_device(device)
     network.to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    trained = [parameter for parameter in network.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
