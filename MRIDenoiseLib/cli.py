@@ -124,14 +124,11 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, patch=args.patch, seed=args.seed,
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
-                         workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation,
-                         lesions=args.lesions, train_only=tuple(args.train_only))
+                         workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation)
     if init is not None:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
         config.network["correction_in_guide"] = True
-    if args.learned_width:
-        config.network["learned_width"] = True
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -199,14 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0, help="processes preparing batches ahead (0: in the training process)")
     train.add_argument("--loss", choices=["l1", "l2"], default="l1", help="in units of the noise sigma (l2: of its square)")
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
-    train.add_argument("--lesions", action="store_true",
-                       help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")
     train.add_argument("--correction-in-guide", action="store_true",
                        help="the network's correction shifts the stage-two guide instead of the output")
-    train.add_argument("--learned-width", action="store_true",
-                       help="add a head that scales stage two's width per voxel (starts at the plain width)")
-    train.add_argument("--train-only", nargs="+", default=[], metavar="PREFIX",
-                       help="train only the parameters whose names start so (e.g. width_head)")
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")

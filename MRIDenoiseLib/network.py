@@ -46,7 +46,6 @@ FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
 LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SURE, never overrides it wholesale
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
-WIDTH_BOUND = 1.1  # the learned width stays within exp(+-1.1), a third to three times stage two's own
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,6 @@ class NetworkConfig:
     # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
     # result: the output stays an average of input voxels, and training can sharpen the guide.
     correction_in_guide: bool = False
-    # A small head on the UNet's features scales stage two's width per voxel (within WIDTH_BOUND):
-    # how far apart two guide values may be and still count as the same tissue.
-    learned_width: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +69,6 @@ class NetworkConfig:
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
             correction_in_guide=bool(values.get("correction_in_guide", False)),
-            learned_width=bool(values.get("learned_width", False)),
         )
 
     @property
@@ -185,19 +180,12 @@ class DenoiserNet(nn.Module):
         self.noise_prior = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, self.bases))
         nn.init.zeros_(self.noise_prior[2].weight)
         nn.init.zeros_(self.noise_prior[2].bias)
-        if config.learned_width:
-            # Sees the UNet's output and its input; starts at zero, i.e. at stage two's own width.
-            self.width_head = nn.Sequential(nn.Conv3d(2 * folded + self.bases + 1, 8, 3, padding=1), nn.PReLU(),
-                                            nn.Conv3d(8, 1, 1))
-            nn.init.zeros_(self.width_head[2].weight)
-            nn.init.zeros_(self.width_head[2].bias)
 
     def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixel_unshuffle(image, FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
-        unet_input = torch.cat([folded, sigma_map], dim=1)
-        features = self.unet(unet_input)
+        features = self.unet(torch.cat([folded, sigma_map], dim=1))
         folded_count = folded.shape[1]
         correction = pixel_shuffle(features[:, :folded_count], FOLD)
         adjustment = features[:, folded_count:]
@@ -216,10 +204,6 @@ class DenoiserNet(nn.Module):
         # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
         # into a guide cleaner than either, which then tells which neighbours to average.
         guide = 0.5 * (first + patch_means(image, variance))
-        inverse_width = None
-        if self.config.learned_width:
-            log_width = WIDTH_BOUND * torch.tanh(self.width_head(torch.cat([features, unet_input], dim=1)) / WIDTH_BOUND)
-            inverse_width = F.interpolate(torch.exp(-log_width), scale_factor=FOLD, mode="trilinear", align_corners=False)
         if self.config.correction_in_guide:
-            return guided_means(image, guide + self.correction_gain * correction, variance, inverse_width=inverse_width)
-        return guided_means(image, guide, variance, inverse_width=inverse_width) + self.correction_gain * correction
+            return guided_means(image, guide + self.correction_gain * correction, variance)
+        return guided_means(image, guide, variance) + self.correction_gain * correction

@@ -190,22 +190,13 @@ def guided_means(
     squared_radius: int = 5,
     width: float = 0.8,
     spatial_decay: float = 0.3,
-    inverse_width: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Means of ``image`` over neighbours whose ``guide`` values are within about ``width`` σ of
-    the voxel's own, and nearer neighbours more (a factor exp(-``spatial_decay`` |d|²)).
-
-    ``inverse_width``, a volume like ``image``, divides the width voxel by voxel (a pair takes the
-    mean of its two voxels' factors, so it weighs the same seen from either end).
-    """
+    the voxel's own, and nearer neighbours more (a factor exp(-``spatial_decay`` |d|²))."""
     scale = -1 / (width * width * variance)
-    if inverse_width is not None:
-        scale = scale / 4
 
     def pair_weight(offset, here, there):
         difference = guide[here] - guide[there]
-        if inverse_width is not None:
-            difference = difference * (inverse_width[here] + inverse_width[there])
         nearness = torch.full_like(scale, -spatial_decay * sum(v * v for v in offset))
         return torch.exp(torch.addcmul(nearness, difference, difference * scale).clamp_(min=EXP_FLOOR))
 

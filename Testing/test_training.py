@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import numpy as np
@@ -7,11 +6,9 @@ import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
-from MRIDenoiseLib.model import load_network, sha256_of
-from MRIDenoiseLib.network import DenoiserNet
-from MRIDenoiseLib.nonlocal_means import guided_means
+from MRIDenoiseLib.model import sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
-from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
+from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
     CHECKPOINT,
     LOSSES,
@@ -19,7 +16,6 @@ from MRIDenoiseLib.training.loop import (
     batch_stream,
     make_validation_cases,
     train,
-    warm_start,
 )
 
 
@@ -80,41 +76,6 @@ def test_losses_weigh_every_noise_level_the_same():
     assert LOSSES["l2"](2 * off_by_one_sigma, clean, sigma).item() == pytest.approx(4.0)
 
 
-def test_weighted_losses_count_each_voxel_by_its_weight():
-    clean = torch.zeros(1, 1, 4, 4, 4)
-    output = clean.clone()
-    output[0, 0, 0, 0, 0] = 2.0
-    sigma = torch.tensor([1.0])
-    weight = torch.ones_like(clean)
-    assert LOSSES["l1"](output, clean, sigma, weight).item() == pytest.approx(LOSSES["l1"](output, clean, sigma).item())
-    weight[0, 0, 0, 0, 0] = 31.0
-    assert LOSSES["l1"](output, clean, sigma, weight).item() == pytest.approx(2.0 * 31 / (63 + 31))
-    assert LOSSES["l2"](output, clean, sigma, weight).item() == pytest.approx(4.0 * 31 / (63 + 31))
-
-
-def test_lesions_are_inserted_in_tissue_and_weighted():
-    volume = np.zeros((1, 40, 40, 40), np.float32)
-    volume[0, 5:35, 5:35, 5:35] = 0.5
-    sample = {"target": volume, "mask": volume > 0, "spacing": (1.0, 1.0, 1.0)}
-    transform = RandLesionsd(prob=1.0, fraction=0.02, radius_mm=(2.0, 3.0), contrast=(0.2, 0.3))
-    transform.set_random_state(0)
-    out = transform(sample)
-    changed = np.abs(out["target"] - volume) > 0.01
-    assert changed.any() and not changed[0, :5].any() and np.all(volume == sample["target"])
-    assert np.all(out["weight"] >= 1.0) and out["weight"].max() > 20.0
-    # Where a lesion is (a change of at least half the weakest contrast), the loss weighs it.
-    assert np.all(out["weight"][np.abs(out["target"] - volume) > 0.5 * 0.2 * 0.5] > 10.0)
-    lesioned = np.abs(out["target"][changed] / 0.5 - 1)
-    assert lesioned.max() <= 0.3 + 1e-6
-    untouched = RandLesionsd(prob=0.0)(sample)
-    assert np.array_equal(untouched["target"], volume) and np.all(untouched["weight"] == 1.0)
-
-
-def test_lesion_batches_carry_the_loss_weights():
-    noisy, clean, sigma, weight = PatchSampler(scans(), patch=16, seed=1, lesions=True).batch(0)
-    assert weight.shape == noisy.shape and (sigma > 0).all()
-
-
 def test_smoothing_augmentations_can_be_left_out():
     def smoothing_probabilities(chain):
         return [t.prob for t in chain.transforms if type(t).__name__ in ("RandZoomd", "RandGaussianSmoothd")]
@@ -170,41 +131,3 @@ def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
     assert [r["event"] for r in records][0] == "data"
     assert any(r["event"] == "validation" for r in records)
     assert sha256_of(tiny_weights) == before
-
-
-def test_learned_width_head_warm_starts_as_the_plain_network_and_trains_alone(tmp_path, tiny_weights):
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in (1, 2, 10):
-        write_volume(data / f"IXI{index:03d}-HH-1_T1.nii.gz", phantom((36, 40, 32), index))
-    code = main(["train", str(data), str(tmp_path / "run"), "--steps", "3", "--patch", "16", "--validate-every", "3",
-                 "--checkpoint-every", "3", "--warm-start", "--init-weights", str(tiny_weights), "--learned-width",
-                 "--train-only", "width_head", "--lr", "1e-2", "--quiet"])
-    assert code == 0
-    start = load_network(tiny_weights).state_dict()
-    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
-    assert checkpoint["config"]["network"]["learned_width"] and tuple(checkpoint["config"]["train_only"]) == ("width_head",)
-    trained = checkpoint["network"]
-    moved = [name for name, value in trained.items() if name not in start or not torch.equal(value, start[name])]
-    assert "width_head.2.weight" in moved and all(name.startswith("width_head.") for name in moved)
-
-
-def test_a_learned_width_of_k_everywhere_is_the_plain_width_times_k():
-    torch.manual_seed(0)
-    image = torch.rand(1, 1, 12, 10, 8) + 0.5
-    guide = image + 0.05 * torch.randn_like(image)
-    variance = torch.tensor(0.01).reshape(1, 1, 1, 1, 1)
-    widened = guided_means(image, guide, variance, inverse_width=torch.full_like(image, 1 / 1.5))
-    torch.testing.assert_close(widened, guided_means(image, guide, variance, width=0.8 * 1.5))
-    assert not torch.allclose(widened, guided_means(image, guide, variance))
-
-
-def test_a_warm_started_width_head_leaves_the_output_as_it_was(tiny_weights):
-    start = load_network(tiny_weights)
-    widened = DenoiserNet(dataclasses.replace(start.config, learned_width=True)).eval()
-    warm_start(widened, start)
-    image = torch.rand(1, 1, 16, 16, 8) + 0.2
-    with torch.no_grad():
-        torch.testing.assert_close(widened(image, torch.tensor([0.05])), start(image, torch.tensor([0.05])), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="cannot warm-start"):
-        warm_start(start, widened)

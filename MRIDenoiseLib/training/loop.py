@@ -34,8 +34,7 @@ from .data import PatchSampler, Scan, degradation, load_scan, split
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
-# (noisy, clean, sigma) or, with synthetic lesions, (noisy, clean, sigma, the loss's voxel weights).
-Batch = tuple[torch.Tensor, ...]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -52,35 +51,23 @@ class TrainConfig:
     workers: int = 0
     loss: str = "l1"
     smoothing_augmentation: bool = True
-    lesions: bool = False
-    # Names (prefixes) of the only parameters to train; empty trains them all.
-    train_only: tuple[str, ...] = ()
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
-def _patch_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    if weight is None:
-        return error.flatten(1).mean(dim=1)
-    return (error * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp(min=1e-6)
-
-
-def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor,
-                      weight: torch.Tensor | None = None) -> torch.Tensor:
+def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Mean absolute error of each patch in units of its noise sigma, averaged over the batch.
 
     Every noise level weighs the same: without it the loss is all high-noise patches, and the
-    network never learns to leave low-noise images alone. ``weight`` (like ``output``) weighs
-    voxels within a patch.
+    network never learns to leave low-noise images alone.
     """
-    per_patch = _patch_mean((output - clean).abs(), weight)
+    per_patch = (output - clean).abs().flatten(1).mean(dim=1)
     return (per_patch / sigma.to(per_patch)).mean()
 
 
-def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor,
-                      weight: torch.Tensor | None = None) -> torch.Tensor:
+def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each patch in units of its noise variance (what PSNR measures),
     averaged over the batch: every noise level weighs the same, as in ``noise_relative_l1``."""
-    per_patch = _patch_mean((output - clean).square(), weight)
+    per_patch = (output - clean).square().flatten(1).mean(dim=1)
     return (per_patch / sigma.to(per_patch).square()).mean()
 
 
@@ -192,14 +179,6 @@ def _discard(record: dict) -> None:
     """The log of ranks other than 0."""
 
 
-def warm_start(network: DenoiserNet, start: DenoiserNet) -> None:
-    """Copy ``start``'s parameters into ``network``; a learned-width head ``start`` lacks keeps its
-    zero-initialised output (stage two's own width), so the network starts out as ``start``."""
-    missing, unexpected = network.load_state_dict(start.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("width_head.") for key in missing):
-        raise ValueError(f"cannot warm-start: missing {missing}, unexpected {unexpected}")
-
-
 def train(
     config: TrainConfig,
     out_dir: Path | str,
@@ -226,18 +205,14 @@ def train(
     torch.manual_seed(config.seed)
     network = DenoiserNet(NetworkConfig.from_dict(config.network))
     if init_weights is not None:
-        warm_start(network, load_network(init_weights))
-    if config.train_only:
-        for name, parameter in network.named_parameters():
-            parameter.requires_grad_(name.startswith(tuple(config.train_only)))
+        network.load_state_dict(load_network(init_weights).state_dict())
     device = distributed.local_device(device)
     network.to(device)
-    trained = [parameter for parameter in network.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
-                               config.smoothing_augmentation, config.lesions)
+                               config.smoothing_augmentation)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
@@ -261,8 +236,8 @@ def train(
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
     for step, batch in enumerate(batch_stream(batches, start, end, config.workers), start=start):
-        noisy, clean, sigma, *weight = (tensor.to(device, non_blocking=True) for tensor in batch)
-        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma, *weight)
+        noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
+        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
