@@ -218,12 +218,18 @@ def place_lesions(t1: np.ndarray, spacing: Sequence[float], count: int = 12, see
     return lesions
 
 
+def lesion_footprint(shape: Sequence[int], lesion: Lesion, spacing: Sequence[float]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box around ``lesion`` and its :func:`lesion_profile` there (float32)."""
+    box, distance = _distance_mm(shape, lesion.centre, spacing, lesion.radius_mm + 4 * LESION_EDGE_MM)
+    return box, lesion_profile(distance, lesion.radius_mm).astype(np.float32)
+
+
 def insert_lesions(volume: np.ndarray, lesions: Sequence[Lesion], spacing: Sequence[float]) -> np.ndarray:
     """Multiply ``volume`` by ``1 + contrast * profile`` around each lesion (float32 copy)."""
     out = np.array(volume, dtype=np.float32, copy=True)
     for lesion in lesions:
-        box, distance = _distance_mm(out.shape, lesion.centre, spacing, lesion.radius_mm + 4 * LESION_EDGE_MM)
-        out[box] *= (1.0 + lesion.contrast * lesion_profile(distance, lesion.radius_mm)).astype(np.float32)
+        box, profile = lesion_footprint(out.shape, lesion, spacing)
+        out[box] *= 1.0 + lesion.contrast * profile
     return out
 
 

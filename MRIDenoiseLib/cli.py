@@ -124,7 +124,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, patch=args.patch, seed=args.seed,
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
-                         workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation)
+                         workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation,
+                         lesions=args.lesions)
     if init is not None:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0, help="processes preparing batches ahead (0: in the training process)")
     train.add_argument("--loss", choices=["l1", "l2"], default="l1", help="in units of the noise sigma (l2: of its square)")
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
+    train.add_argument("--lesions", action="store_true",
+                       help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")
     train.add_argument("--correction-in-guide", action="store_true",
                        help="the network's correction shifts the stage-two guide instead of the output")
     train.add_argument("--validate-every", type=int, default=500)

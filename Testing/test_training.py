@@ -8,7 +8,7 @@ from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
-from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandThickSlicesd
+from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
     CHECKPOINT,
     LOSSES,
@@ -74,6 +74,41 @@ def test_losses_weigh_every_noise_level_the_same():
     off_by_one_sigma = clean + sigma.reshape(2, 1, 1, 1, 1)
     assert LOSSES["l1"](off_by_one_sigma, clean, sigma).item() == pytest.approx(1.0)
     assert LOSSES["l2"](2 * off_by_one_sigma, clean, sigma).item() == pytest.approx(4.0)
+
+
+def test_weighted_losses_count_each_voxel_by_its_weight():
+    clean = torch.zeros(1, 1, 4, 4, 4)
+    output = clean.clone()
+    output[0, 0, 0, 0, 0] = 2.0
+    sigma = torch.tensor([1.0])
+    weight = torch.ones_like(clean)
+    assert LOSSES["l1"](output, clean, sigma, weight).item() == pytest.approx(LOSSES["l1"](output, clean, sigma).item())
+    weight[0, 0, 0, 0, 0] = 31.0
+    assert LOSSES["l1"](output, clean, sigma, weight).item() == pytest.approx(2.0 * 31 / (63 + 31))
+    assert LOSSES["l2"](output, clean, sigma, weight).item() == pytest.approx(4.0 * 31 / (63 + 31))
+
+
+def test_lesions_are_inserted_in_tissue_and_weighted():
+    volume = np.zeros((1, 40, 40, 40), np.float32)
+    volume[0, 5:35, 5:35, 5:35] = 0.5
+    sample = {"target": volume, "mask": volume > 0, "spacing": (1.0, 1.0, 1.0)}
+    transform = RandLesionsd(prob=1.0, fraction=0.02, radius_mm=(2.0, 3.0), contrast=(0.2, 0.3))
+    transform.set_random_state(0)
+    out = transform(sample)
+    changed = np.abs(out["target"] - volume) > 0.01
+    assert changed.any() and not changed[0, :5].any() and np.all(volume == sample["target"])
+    assert np.all(out["weight"] >= 1.0) and out["weight"].max() > 20.0
+    # Where a lesion is (a change of at least half the weakest contrast), the loss weighs it.
+    assert np.all(out["weight"][np.abs(out["target"] - volume) > 0.5 * 0.2 * 0.5] > 10.0)
+    lesioned = np.abs(out["target"][changed] / 0.5 - 1)
+    assert lesioned.max() <= 0.3 + 1e-6
+    untouched = RandLesionsd(prob=0.0)(sample)
+    assert np.array_equal(untouched["target"], volume) and np.all(untouched["weight"] == 1.0)
+
+
+def test_lesion_batches_carry_the_loss_weights():
+    noisy, clean, sigma, weight = PatchSampler(scans(), patch=16, seed=1, lesions=True).batch(0)
+    assert weight.shape == noisy.shape and (sigma > 0).all()
 
 
 def test_smoothing_augmentations_can_be_left_out():

@@ -32,7 +32,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from ..mask import head_mask
-from .degradations import NormaliseIntensityd, RandContrastRemapd, RandRicianNoised, RandThickSlicesd
+from .degradations import NormaliseIntensityd, RandContrastRemapd, RandLesionsd, RandRicianNoised, RandThickSlicesd
 
 VALIDATION_NAMES = ("colin27",)
 TRAINING_VOXEL_MM = 1.0
@@ -83,15 +83,17 @@ def load_scan(path: Path | str) -> Scan:
     return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
 
 
-def degradation(patch: int, patches_per_scan: int, smoothing: bool = True) -> Compose:
+def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False) -> Compose:
     """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs.
 
     ``smoothing=False`` leaves out the zoom and point-spread augmentations: anatomy only as sharp
-    as the scans themselves.
+    as the scans themselves. ``lesions=True`` inserts synthetic lesions and adds the loss's
+    ``"weight"`` to each patch (``RandLesionsd``).
     """
     smoothing_share = 1.0 if smoothing else 0.0
     spatial = ["target", "mask"]
-    pair = ["image", "target", "mask"]
+    weighted = ["weight"] if lesions else []
+    pair = ["image", "target", "mask", *weighted]
     return Compose(
         [
             RandSpatialCropd(spatial, roi_size=REGION_VOXELS, random_size=False),
@@ -105,13 +107,14 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True) -> Co
             RandAxisFlipd(spatial, prob=0.5),
             RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
             RandContrastRemapd(["target"], prob=0.7),
+            *([RandLesionsd(["target"])] if lesions else []),
             RandBiasFieldd(["target"], prob=0.5, degree=3, coeff_range=(0.0, 0.1)),
-            RandThickSlicesd(spatial, prob=0.5),
+            RandThickSlicesd([*spatial, *weighted], prob=0.5),
             RandRicianNoised(["target"]),
             NormaliseIntensityd(),
             SpatialPadd(pair, spatial_size=(patch, patch, patch)),
             RandCropByPosNegLabeld(
-                ["image", "target"], label_key="mask", spatial_size=(patch, patch, patch),
+                ["image", "target", *weighted], label_key="mask", spatial_size=(patch, patch, patch),
                 pos=1.0, neg=0.0, num_samples=patches_per_scan, allow_smaller=True,
             ),
         ]
@@ -139,15 +142,15 @@ class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
     def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0,
-                 smoothing: bool = True):
+                 smoothing: bool = True, lesions: bool = False):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
-        self.chain = degradation(patch, patches_per_scan, smoothing)
+        self.chain = degradation(patch, patches_per_scan, smoothing, lesions)
         self.probabilities = sampling_probabilities(scans)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(noisy, clean, sigma) tensors for this step."""
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """(noisy, clean, sigma) tensors for this step, and the loss's weights when lesions are inserted."""
         rng = np.random.default_rng([self.seed, step])
         samples = []
         for _ in range(self.scans_per_step):
@@ -157,4 +160,7 @@ class PatchSampler:
         noisy = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples])
         clean = torch.stack([torch.as_tensor(np.asarray(s["target"])) for s in samples])
         sigma = torch.tensor([float(s["sigma"]) for s in samples])
+        if "weight" in samples[0]:
+            weight = torch.stack([torch.as_tensor(np.asarray(s["weight"])) for s in samples])
+            return noisy.float(), clean.float(), sigma, weight.float()
         return noisy.float(), clean.float(), sigma

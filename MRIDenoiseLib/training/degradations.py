@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
+from ..benchmark_cases import Lesion, insert_lesions, lesion_footprint
 from ..intensity import intensity_scale
 from ..noise import add_rician_noise
 
@@ -56,6 +57,43 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
             peak = float(image.max()) or 1.0
             remapped = np.interp(np.clip(image / peak, 0, 1), nodes, values) ** gamma
             out[key] = (remapped / max(remapped.max(), 1e-6)).astype(np.float32)
+        return out
+
+
+class RandLesionsd(RandomizableTransform, MapTransform):
+    """Insert small smooth-edged spheres, hypo- and hyper-intense, into the tissue of ``target``,
+    and write ``"weight"``: 1 everywhere plus ``lesion_weight`` inside each lesion, so the loss
+    sees what dimming a small lesion costs a reader, not only its few voxels' share of the error.
+
+    ``fraction`` is the expected share of the tissue's volume the lesions take up.
+    """
+
+    def __init__(self, keys=("target",), prob: float = 0.5, fraction: float = 0.003, radius_mm=(1.0, 4.0),
+                 contrast=(0.05, 0.35), lesion_weight: float = 30.0):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.fraction, self.radius_mm, self.contrast, self.lesion_weight = fraction, radius_mm, contrast, lesion_weight
+
+    def __call__(self, data):
+        self.randomize(None)
+        out = dict(data)
+        target = np.asarray(data["target"], dtype=np.float32)
+        weight = np.ones_like(target)
+        if self._do_transform:
+            spacing = data["spacing"]
+            tissue = np.argwhere((np.asarray(data["mask"])[0] > 0.5) & (target[0] > 0.1 * target.max()))
+            mean_volume = 4 / 3 * np.pi * np.mean(self.radius_mm) ** 3
+            count = self.R.poisson(self.fraction * len(tissue) * float(np.prod(spacing)) / mean_volume) if len(tissue) else 0
+            lesions = [Lesion(centre=tuple(int(v) for v in tissue[self.R.randint(len(tissue))]),
+                              radius_mm=float(self.R.uniform(*self.radius_mm)),
+                              contrast=float(self.R.choice([-1.0, 1.0]) * self.R.uniform(*self.contrast)))
+                       for _ in range(count)]
+            for key in self.key_iterator(out):
+                out[key] = insert_lesions(np.asarray(out[key])[0], lesions, spacing)[None]
+            for lesion in lesions:
+                box, profile = lesion_footprint(target.shape[1:], lesion, spacing)
+                weight[0][box] += self.lesion_weight * profile
+        out["weight"] = weight
         return out
 
 

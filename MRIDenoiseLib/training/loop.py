@@ -34,7 +34,8 @@ from .data import PatchSampler, Scan, degradation, load_scan, split
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# (noisy, clean, sigma) or, with synthetic lesions, (noisy, clean, sigma, the loss's voxel weights).
+Batch = tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -51,23 +52,33 @@ class TrainConfig:
     workers: int = 0
     loss: str = "l1"
     smoothing_augmentation: bool = True
+    lesions: bool = False
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
-def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _patch_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return error.flatten(1).mean(dim=1)
+    return (error * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp(min=1e-6)
+
+
+def noise_relative_l1(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error of each patch in units of its noise sigma, averaged over the batch.
 
     Every noise level weighs the same: without it the loss is all high-noise patches, and the
-    network never learns to leave low-noise images alone.
+    network never learns to leave low-noise images alone. ``weight`` (like ``output``) weighs
+    voxels within a patch.
     """
-    per_patch = (output - clean).abs().flatten(1).mean(dim=1)
+    per_patch = _patch_mean((output - clean).abs(), weight)
     return (per_patch / sigma.to(per_patch)).mean()
 
 
-def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def noise_relative_l2(output: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error of each patch in units of its noise variance (what PSNR measures),
     averaged over the batch: every noise level weighs the same, as in ``noise_relative_l1``."""
-    per_patch = (output - clean).square().flatten(1).mean(dim=1)
+    per_patch = _patch_mean((output - clean).square(), weight)
     return (per_patch / sigma.to(per_patch).square()).mean()
 
 
@@ -212,7 +223,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
-                               config.smoothing_augmentation)
+                               config.smoothing_augmentation, config.lesions)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, -float("inf")
     checkpoint = out_dir / CHECKPOINT
@@ -236,8 +247,8 @@ def train(
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     losses, started = [], time.time()
     for step, batch in enumerate(batch_stream(batches, start, end, config.workers), start=start):
-        noisy, clean, sigma = (tensor.to(device, non_blocking=True) for tensor in batch)
-        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma)
+        noisy, clean, sigma, *weight = (tensor.to(device, non_blocking=True) for tensor in batch)
+        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma, *weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
