@@ -8,7 +8,7 @@ from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
-from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandPlaind, RandThickSlicesd, UnlessPlaind
+from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
     CHECKPOINT,
     LOSSES,
@@ -111,29 +111,9 @@ def test_lesion_batches_carry_the_loss_weights():
     assert weight.shape == noisy.shape and (sigma > 0).all()
 
 
-def test_plain_samples_skip_the_wrapped_augmentations_and_stay_seeded():
-    volume = np.concatenate([np.zeros(20), np.linspace(0.1, 1.0, 80)]).astype(np.float32).reshape(1, 1, 1, 100)
-    chain = degradation(16, 1, plain_share=0.5)
-    remap = UnlessPlaind(RandContrastRemapd(prob=1.0))
-    marker = RandPlaind(prob=0.5)
-    plain = 0
-    for seed in range(40):
-        marker.set_random_state(seed)
-        remap.set_random_state(seed)
-        sample = marker({"target": volume})
-        out = remap(sample)["target"]
-        plain += sample["plain"]
-        assert np.array_equal(out, volume) == sample["plain"]
-    assert 10 < plain < 30
-    wrapped = [t for t in chain.transforms if isinstance(t, UnlessPlaind)]
-    assert [type(t.transform).__name__ for t in wrapped] == ["RandZoomd", "RandGaussianSmoothd", "RandContrastRemapd",
-                                                             "RandThickSlicesd"]
-
-
 def test_smoothing_augmentations_can_be_left_out():
     def smoothing_probabilities(chain):
-        unwrapped = [t.transform if isinstance(t, UnlessPlaind) else t for t in chain.transforms]
-        return [t.prob for t in unwrapped if type(t).__name__ in ("RandZoomd", "RandGaussianSmoothd")]
+        return [t.prob for t in chain.transforms if type(t).__name__ in ("RandZoomd", "RandGaussianSmoothd")]
 
     assert smoothing_probabilities(degradation(16, 1)) == [0.6, 0.5]
     assert smoothing_probabilities(degradation(16, 1, smoothing=False)) == [0.0, 0.0]

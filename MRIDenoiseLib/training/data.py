@@ -32,15 +32,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from ..mask import head_mask
-from .degradations import (
-    NormaliseIntensityd,
-    RandContrastRemapd,
-    RandLesionsd,
-    RandPlaind,
-    RandRicianNoised,
-    RandThickSlicesd,
-    UnlessPlaind,
-)
+from .degradations import NormaliseIntensityd, RandContrastRemapd, RandLesionsd, RandRicianNoised, RandThickSlicesd
 
 VALIDATION_NAMES = ("colin27",)
 TRAINING_VOXEL_MM = 1.0
@@ -91,14 +83,12 @@ def load_scan(path: Path | str) -> Scan:
     return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
 
 
-def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False,
-                plain_share: float = 0.0) -> Compose:
+def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False) -> Compose:
     """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs.
 
     ``smoothing=False`` leaves out the zoom and point-spread augmentations: anatomy only as sharp
     as the scans themselves. ``lesions=True`` inserts synthetic lesions and adds the loss's
-    ``"weight"`` to each patch (``RandLesionsd``). A ``plain_share`` of the samples skip the
-    zoom, blur, contrast remap and thick slices (``RandPlaind``).
+    ``"weight"`` to each patch (``RandLesionsd``).
     """
     smoothing_share = 1.0 if smoothing else 0.0
     spatial = ["target", "mask"]
@@ -107,22 +97,19 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesio
     return Compose(
         [
             RandSpatialCropd(spatial, roi_size=REGION_VOXELS, random_size=False),
-            RandPlaind(prob=plain_share),
             # Zooming in makes anatomy smoother per voxel, as on finer or smoother scans than
             # the sharp 2 mm IXI majority; without it the network learns never to smooth.
-            UnlessPlaind(RandZoomd(spatial, prob=0.6 * smoothing_share, min_zoom=1.0, max_zoom=2.0,
-                                   mode=("trilinear", "nearest"), keep_size=True)),
+            RandZoomd(spatial, prob=0.6 * smoothing_share, min_zoom=1.0, max_zoom=2.0, mode=("trilinear", "nearest"), keep_size=True),
             # MRI signal is band-limited (k-space truncation, apodisation, interpolating
             # reconstructions) while its noise is white: a random point-spread width teaches
             # the network to tell the two apart instead of treating all fine texture as anatomy.
-            UnlessPlaind(RandGaussianSmoothd(["target"], prob=0.5 * smoothing_share, sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2),
-                                             sigma_z=(0.4, 1.2))),
+            RandGaussianSmoothd(["target"], prob=0.5 * smoothing_share, sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
             RandAxisFlipd(spatial, prob=0.5),
             RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
-            UnlessPlaind(RandContrastRemapd(["target"], prob=0.7)),
+            RandContrastRemapd(["target"], prob=0.7),
             *([RandLesionsd(["target"])] if lesions else []),
             RandBiasFieldd(["target"], prob=0.5, degree=3, coeff_range=(0.0, 0.1)),
-            UnlessPlaind(RandThickSlicesd([*spatial, *weighted], prob=0.5)),
+            RandThickSlicesd([*spatial, *weighted], prob=0.5),
             RandRicianNoised(["target"]),
             NormaliseIntensityd(),
             SpatialPadd(pair, spatial_size=(patch, patch, patch)),
@@ -155,11 +142,11 @@ class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
     def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0,
-                 smoothing: bool = True, lesions: bool = False, plain_share: float = 0.0):
+                 smoothing: bool = True, lesions: bool = False):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
-        self.chain = degradation(patch, patches_per_scan, smoothing, lesions, plain_share)
+        self.chain = degradation(patch, patches_per_scan, smoothing, lesions)
         self.probabilities = sampling_probabilities(scans)
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:

@@ -17,7 +17,7 @@ acquired (thick, biased) signal.
 from __future__ import annotations
 
 import numpy as np
-from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 
 from ..benchmark_cases import Lesion, insert_lesions, lesion_footprint
 from ..intensity import intensity_scale
@@ -58,36 +58,6 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
             remapped = np.interp(np.clip(image / peak, 0, 1), nodes, values) ** gamma
             out[key] = (remapped / max(remapped.max(), 1e-6)).astype(np.float32)
         return out
-
-
-class RandPlaind(RandomizableTransform):
-    """Mark a sample ``"plain"`` with probability ``prob``: the transforms wrapped in
-    :class:`UnlessPlaind` leave it alone, so it keeps the scan's own contrast and sharpness.
-
-    Without such samples almost every patch is remapped, thickened, zoomed or blurred (all four
-    left out in about 3% of draws), and training learns to smooth sharp T1 scans more than they need.
-    """
-
-    def __call__(self, data):
-        self.randomize(None)
-        return {**data, "plain": self._do_transform}
-
-
-class UnlessPlaind(Randomizable, Transform):
-    """Apply ``transform`` only to samples :class:`RandPlaind` did not mark (seeded like it)."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def set_random_state(self, seed=None, state=None):
-        self.transform.set_random_state(seed, state)
-        return self
-
-    def randomize(self, data) -> None:
-        pass
-
-    def __call__(self, data):
-        return data if data.get("plain") else self.transform(data)
 
 
 class RandLesionsd(RandomizableTransform, MapTransform):
