@@ -12,6 +12,10 @@ scan): the RMS change inside the head as a % of the case's maximum, beside the b
 noise levels (3, 5 and 9%). A reference whose own texture is as large as the test noise cannot
 tell a denoiser that keeps it from one that removes it. Colin27 is also measured as the 2 mm
 cases use it (remapped, then averaged over 2x2x2 blocks).
+
+It also prints each clean T1's maximum over its 99.9th percentile (``intensity_scale``, what the
+network's input is divided by): the benchmark's noise levels are % of the maximum, the training's
+% of that robust maximum.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import SimpleITK as sitk
 from quality import CONTRAST_NAMES, SCANS
 
 from MRIDenoiseLib.benchmark_cases import CONTRASTS, remap_contrast, thick_slices
+from MRIDenoiseLib.intensity import intensity_scale
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import estimate_sigma
 
@@ -50,17 +55,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
-    print("| scan | own noise of the T1 (% of max) | contrast | reference change (% of max, median of 3) |")
-    print("|---|---|---|---|")
+    print("| scan | T1 max / its 99.9th percentile | own noise of the T1 (% of max) | contrast "
+          "| reference change (% of max, median of 3) |")
+    print("|---|---|---|---|---|")
     for name, block in [(name, 1) for name in SCANS] + [("Colin27", 2)]:
         image = sitk.ReadImage(str(Path(args.data) / SCANS[name]))
         t1 = sitk.GetArrayFromImage(image).astype(np.float32)
         spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
         sigma = estimate_sigma(t1)
         label = f"{name} (2x2x2 blocks)" if block > 1 else name
+        spread = t1.max() / intensity_scale(t1)
         for contrast in CONTRASTS:
             change = np.median([reference_change(t1, contrast, spacing, sigma, seed, block) for seed in range(DRAWS)])
-            print(f"| {label} | {100 * sigma / t1.max():.2f} | {CONTRAST_NAMES[contrast]} | {100 * change:.2f} |", flush=True)
+            print(f"| {label} | {spread:.2f} | {100 * sigma / t1.max():.2f} | {CONTRAST_NAMES[contrast]} | {100 * change:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
