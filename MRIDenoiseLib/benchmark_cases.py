@@ -134,6 +134,21 @@ def thick_slices(volume: np.ndarray, spacing: Sequence[float], axis: int,
     return np.ascontiguousarray(np.moveaxis(slabs, -1, axis)), tuple(new_spacing)
 
 
+def block_average(volume: np.ndarray, spacing: Sequence[float], block: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Average over blocks of ``block`` voxels along every axis (:func:`thick_slices` on each):
+    a coarser acquisition of the same head. Returns the volume and its spacing.
+
+    >>> import numpy as np
+    >>> coarse, spacing = block_average(np.arange(64.0).reshape(4, 4, 4), (1.0, 1.0, 1.0), 2)
+    >>> coarse.shape, spacing, float(coarse[0, 0, 0])
+    ((2, 2, 2), (2.0, 2.0, 2.0), 10.5)
+    """
+    spacing = tuple(float(s) for s in spacing)
+    for axis in range(3) if block > 1 else ():
+        volume, spacing = thick_slices(volume, spacing, axis, block * spacing[axis])
+    return np.asarray(volume, dtype=np.float32), spacing
+
+
 def bias_field(shape: Sequence[int], amplitude: float = BIAS_AMPLITUDE) -> np.ndarray:
     """A fixed smooth multiplicative field between ``1 - amplitude`` and ``1 + amplitude``.
 

@@ -50,6 +50,7 @@ import SimpleITK as sitk
 from MRIDenoiseLib.benchmark_cases import (
     CONTRASTS,
     bias_field,
+    block_average,
     contrast_retained,
     insert_lesions,
     lesion_contrast,
@@ -202,8 +203,7 @@ class CaseMaker:
         if case.thick:
             axis = superior_axis(image)
             clean, spacing = thick_slices(clean, spacing, axis, THICK_MM)
-        for block_axis in range(3) if case.block > 1 else ():
-            clean, spacing = thick_slices(clean, spacing, block_axis, case.block * spacing[block_axis])
+        clean, spacing = block_average(clean, spacing, case.block)
         return clean.astype(np.float32), spacing, lesions, axis
 
 

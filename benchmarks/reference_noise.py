@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from quality import CONTRAST_NAMES, SCANS
 
-from MRIDenoiseLib.benchmark_cases import CONTRASTS, remap_contrast, thick_slices
+from MRIDenoiseLib.benchmark_cases import CONTRASTS, block_average, remap_contrast
 from MRIDenoiseLib.intensity import intensity_scale
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import estimate_sigma
@@ -35,18 +35,12 @@ from MRIDenoiseLib.noise import estimate_sigma
 DRAWS = 3
 
 
-def averaged(volume: np.ndarray, spacing, block: int) -> np.ndarray:
-    for axis in range(3) if block > 1 else ():
-        volume, spacing = thick_slices(volume, spacing, axis, block * spacing[axis])
-    return volume
-
-
 def reference_change(t1: np.ndarray, contrast: str, spacing, sigma: float, seed: int, block: int = 1) -> float:
     """RMS change of the remapped reference (averaged over blocks of ``block**3`` voxels) inside its
     head mask, as a fraction of its maximum, when ``t1`` gets Gaussian noise of ``sigma`` once more."""
-    reference = averaged(remap_contrast(t1, contrast, spacing), spacing, block)
+    reference, _ = block_average(remap_contrast(t1, contrast, spacing), spacing, block)
     noise = np.random.default_rng(seed).normal(0.0, sigma, t1.shape).astype(np.float32)
-    redrawn = averaged(remap_contrast(np.clip(t1 + noise, 0, None), contrast, spacing), spacing, block)
+    redrawn, _ = block_average(remap_contrast(np.clip(t1 + noise, 0, None), contrast, spacing), spacing, block)
     mask = head_mask(reference)
     return float(np.sqrt(np.mean((redrawn[mask] - reference[mask]) ** 2)) / reference.max())
 

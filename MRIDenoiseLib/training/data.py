@@ -70,13 +70,25 @@ class Scan:
         return {"target": self.volume, "mask": self.mask, "spacing": self.spacing}
 
 
+def training_zoom(spacing) -> np.ndarray | None:
+    """Zoom factors that bring voxels finer than 1 mm (by more than 10%) to 1 mm; None if none are.
+
+    >>> training_zoom((0.7, 0.7, 1.2)).tolist(), training_zoom((0.95, 1.0, 2.0))
+    ([0.7, 0.7, 1.0], None)
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    if spacing.min() >= TRAINING_VOXEL_MM * 0.9:
+        return None
+    return np.minimum(spacing / TRAINING_VOXEL_MM, 1.0)
+
+
 def load_scan(path: Path | str) -> Scan:
     """Load as closest-canonical orientation; voxels finer than 1 mm are resampled to 1 mm."""
     image = nib.as_closest_canonical(nib.load(str(path)))
     volume = np.asarray(image.dataobj, dtype=np.float32)
     spacing = np.array(image.header.get_zooms()[:3], dtype=float)
-    if spacing.min() < TRAINING_VOXEL_MM * 0.9:
-        zoom = np.minimum(spacing / TRAINING_VOXEL_MM, 1.0)
+    zoom = training_zoom(spacing)
+    if zoom is not None:
         volume = ndimage.zoom(volume, zoom, order=1)
         spacing = spacing / zoom
     volume = np.clip(volume, 0, None) / max(float(volume.max()), 1e-6)

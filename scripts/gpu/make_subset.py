@@ -4,8 +4,9 @@ network and no ../shared (about 55 MB with the defaults).
     python scripts/gpu/make_subset.py ../shared/data .devdata
 
 Keeps every ``--every``-th IXI training scan, the IXI validation scans ``--validation`` names,
-and the 1 mm scans; a scan finer than 1 mm is resampled to 1 mm and stored as int16 (as
-``training.data.load_scan`` would resample it anyway), so the subset stays small. The split by
+and the 1 mm scans; a scan finer than 1 mm is resampled to 1 mm by ``training.data.load_scan``'s
+rule (``training_zoom``; it would be resampled so anyway) and stored as int16, so the subset stays
+small. The split by
 name (``training.data.is_validation``) is the same as on the full data.
 """
 
@@ -19,15 +20,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from MRIDenoiseLib.training.data import is_validation, scan_paths
+from MRIDenoiseLib.training.data import is_validation, scan_paths, training_zoom
 
 INT16_PEAK = 32000
 
 
 def resample_to_1mm(source: Path, target: Path) -> None:
     image = nib.as_closest_canonical(nib.load(str(source)))
-    spacing = np.asarray(image.header.get_zooms()[:3], dtype=float)
-    zoom = np.minimum(spacing, 1.0)
+    zoom = training_zoom(image.header.get_zooms()[:3])
     volume = np.clip(ndimage.zoom(np.asarray(image.dataobj, dtype=np.float32), zoom, order=1), 0, None)
     affine = image.affine.copy()
     affine[:3, :3] = affine[:3, :3] / zoom
@@ -49,10 +49,10 @@ def main() -> None:
     for path in kept:
         target = args.out_dir / path.relative_to(args.data_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if min(nib.load(str(path)).header.get_zooms()[:3]) < 0.99:
-            resample_to_1mm(path, target)
-        else:
+        if training_zoom(nib.load(str(path)).header.get_zooms()[:3]) is None:
             shutil.copy(path, target)
+        else:
+            resample_to_1mm(path, target)
     size = sum(p.stat().st_size for p in args.out_dir.rglob("*") if p.is_file())
     print(f"{len(kept)} scans, {size / 1e6:.0f} MB in {args.out_dir}")
 
