@@ -9,9 +9,7 @@ input lacks.
 The mixing weights start from Stein's unbiased risk estimate (SURE): for a linear smoother f
 with centre weight h0, (f(x) - x)² + σ²(2 h0 - 1) estimates, without the clean image, the error
 f makes at a voxel; averaged over a window of about 6 voxels, the copies with lower estimated risk get
-more weight. This needs no training and adapts to the scan actually being denoised. Stage one's
-estimate serves as the guide of stage two, where the noisy voxel's own noise is what must not be
-followed, so the identity's risk may be raised by a penalty (``NetworkConfig.identity_penalty``). A UNet
+more weight. This needs no training and adapts to the scan actually being denoised. A UNet
 (MONAI's, rebuilt in ``unet.py``), trained, adjusts those weights: it sees the volume folded losslessly into 8
 half-resolution channels (pixel unshuffle, as FFDNet does in 2-D) plus a channel with the noise
 level, so its convolutions cost an eighth of full-resolution ones; a small head on log(sigma)
@@ -60,10 +58,6 @@ class NetworkConfig:
     # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
     # result: the output stays an average of input voxels, and training can sharpen the guide.
     correction_in_guide: bool = False
-    # Added to the identity's risk in stage one, in units of sigma². In the guide, the voxel's own
-    # noise draws stage two's weights toward neighbours whose noise happens to match it; where
-    # the anatomy changes faster than the noise (low sigma), the identity still wins.
-    identity_penalty: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +69,6 @@ class NetworkConfig:
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
             correction_in_guide=bool(values.get("correction_in_guide", False)),
-            identity_penalty=float(values.get("identity_penalty", 0.0)),
         )
 
     @property
@@ -149,15 +142,13 @@ def centre_weights() -> tuple[float, ...]:
     return tuple(float(w) for w in torch.tensor(weights).mean(dim=0))
 
 
-def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: torch.Tensor,
-                identity_penalty: float = 0.0) -> torch.Tensor:
+def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: torch.Tensor) -> torch.Tensor:
     """Mixing logits from the local SURE of the identity and of each smoothed copy.
 
     The per-voxel risks are averaged over a window of about 6 voxels, computed at half
     resolution (a 2x2x2 mean, then a 3-voxel mean); the logits are returned at half resolution.
-    The identity's risk, sigma², is raised by ``identity_penalty`` sigma².
     """
-    half = [(1 + identity_penalty) * variance.expand(image.shape[0], 1, *(n // 2 for n in image.shape[2:]))]
+    half = [variance.expand(image.shape[0], 1, *(n // 2 for n in image.shape[2:]))]
     for copy, centre in zip(smoothed, centre_weights()):
         risk = (copy - image) ** 2 + variance * (2 * centre - 1)
         half.append(_box(F.avg_pool3d(risk, 2), 1))
@@ -203,8 +194,7 @@ class DenoiserNet(nn.Module):
         variance = (sigma * sigma).clamp(min=1e-10)
         # Mixing weights are smooth: computed at half resolution, each interpolated to full
         # resolution only when its copy is added (one full-resolution weight at a time).
-        sure = sure_logits(image, smoothed_copies(image), variance, self.config.identity_penalty)
-        weights = torch.softmax(sure + learned, dim=1)
+        weights = torch.softmax(sure_logits(image, smoothed_copies(image), variance) + learned, dim=1)
         squared = image * image
         second_moment = -2 * variance
         for index, copy in enumerate([squared, *smoothed_copies(squared)]):

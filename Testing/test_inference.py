@@ -10,7 +10,7 @@ from conftest import TINY_NETWORK, phantom
 from MRIDenoiseLib import inference
 from MRIDenoiseLib.inference import Cancelled, denoise_volume, window_count, window_size
 from MRIDenoiseLib.model import load_network, save_weights
-from MRIDenoiseLib.network import DenoiserNet, NetworkConfig, smoothed_copies, sure_logits
+from MRIDenoiseLib.network import DenoiserNet
 from MRIDenoiseLib.noise import add_rician_noise
 
 
@@ -102,22 +102,6 @@ def test_correction_in_the_guide_keeps_the_output_an_average_of_input_voxels(tmp
     assert (steered - plain).abs().max() > 1e-3
     # sqrt(mean of squared inputs - 2 sigma^2) can exceed no input voxel
     assert steered.max() <= image.max() and steered.min() > 0
-
-
-def test_the_identity_penalty_is_kept_with_the_weights_and_moves_stage_one_off_the_noisy_voxel(tmp_path):
-    torch.manual_seed(0)
-    network = load_network(save_weights(DenoiserNet(dataclasses.replace(TINY_NETWORK, identity_penalty=12.0)), tmp_path / "p.pt"))
-    assert network.config.identity_penalty == 12.0
-    weights_before_the_penalty = {k: v for k, v in TINY_NETWORK.to_dict().items() if k != "identity_penalty"}
-    assert NetworkConfig.from_dict(weights_before_the_penalty).identity_penalty == 0.0
-    image = torch.sqrt((1 + 0.05 * torch.randn(1, 1, 16, 16, 16)) ** 2 + (0.05 * torch.randn(1, 1, 16, 16, 16)) ** 2)
-    variance = torch.tensor(0.05**2).reshape(1, 1, 1, 1, 1)
-    copies = smoothed_copies(image)
-    plain, penalised = (torch.softmax(sure_logits(image, copies, variance, penalty), dim=1) for penalty in (0.0, 12.0))
-    # On a flat image, smoothing wins anyway; the penalty takes what share the identity had left.
-    assert float(plain[:, 0].mean()) > 1e-3 and float(penalised[:, 0].max()) < 1e-12
-    relative = penalised[:, 1:] / penalised[:, 1:].sum(dim=1, keepdim=True)
-    torch.testing.assert_close(relative, plain[:, 1:] / plain[:, 1:].sum(dim=1, keepdim=True))
 
 
 def test_gpu_window_covers_any_volume_in_multiples_of_the_network_size():
