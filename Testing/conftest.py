@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,6 +13,7 @@ import torch
 from MRIDenoiseLib.demo import template_path
 from MRIDenoiseLib.model import save_weights
 from MRIDenoiseLib.network import DenoiserNet, NetworkConfig
+from MRIDenoiseLib.training import real_noise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NETWORK = NetworkConfig(channels=(8, 16), strides=(2,), num_res_units=1)
@@ -48,9 +48,8 @@ def mni_t1() -> np.ndarray:
 @pytest.fixture(scope="session")
 def epi_pair() -> tuple[np.ndarray, np.ndarray]:
     """Two time points of a real EPI from nibabel: their difference is scanner noise only."""
-    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    return data[..., 0], data[..., 1]
+    pair = real_noise.epi_pair()
+    return pair.first, pair.second
 
 
 @pytest.fixture(scope="session")

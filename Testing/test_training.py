@@ -6,17 +6,20 @@ import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
-from MRIDenoiseLib.model import sha256_of
+from MRIDenoiseLib.model import load_network, sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
+    BEST_WEIGHTS,
     CHECKPOINT,
     LOSSES,
     TrainConfig,
     batch_stream,
     make_validation_cases,
+    ranking,
     train,
 )
+from MRIDenoiseLib.training.real_noise import epi_pair, harm_ratio
 
 
 def scans(count=3):
@@ -46,6 +49,19 @@ def test_resumed_run_continues_exactly(tmp_path):
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_best_weights_rank_doing_no_harm_on_real_noise_first(tmp_path):
+    pair, events = epi_pair(), []
+    train(config(4), tmp_path / "run", scans(), make_validation_cases(scans(1), 2), log=events.append, real_pair=pair)
+    validations = [event for event in events if event["event"] == "validation"]
+    assert [event["step"] for event in validations] == [0, 2, 4]
+    assert all(0.5 < event["real_noise_ratio"] < 2.0 for event in validations)
+    chosen = max(validations, key=ranking)
+    assert validations[-1]["best_gain"] == chosen["psnr_gain"]
+    assert validations[-1]["best_does_no_harm"] == (chosen["real_noise_ratio"] < 1)
+    # best.pt holds those weights (stored in float16)
+    assert harm_ratio(load_network(tmp_path / "run" / BEST_WEIGHTS), pair) == pytest.approx(chosen["real_noise_ratio"], rel=2e-3)
 
 
 def test_batches_depend_only_on_seed_and_step():

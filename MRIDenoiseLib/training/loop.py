@@ -1,6 +1,9 @@
 """The training loop: noisy/clean patch pairs, checkpoints that resume exactly, validation.
 
-The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``).
+The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``). Validation
+denoises fixed degraded whole volumes and nibabel's real EPI pair (``real_noise``); best.pt holds
+the validated weights that rank highest (``ranking``): first those that do no harm on the real
+pair, then by validation gain.
 A checkpoint holds the network, optimizer, scheduler, step and torch RNG state. The batch of a
 step depends only on (seed, step) and, under ``torchrun``, the rank (see ``rank_batch``), so a run
 stopped and resumed from a checkpoint takes the same steps as one that was never stopped.
@@ -31,11 +34,14 @@ from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
 from . import distributed
 from .data import PatchSampler, Scan, degradation, load_scan, split
+from .real_noise import RealPair, epi_pair, harm_ratio
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
 # (noisy, clean, sigma) or, with synthetic lesions, (noisy, clean, sigma, the loss's voxel weights).
 Batch = tuple[torch.Tensor, ...]
+# How validated weights compare: (does no harm on the real pair, validation gain); see ``ranking``.
+Ranking = tuple[bool, float]
 
 
 @dataclass
@@ -113,34 +119,48 @@ def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> li
     return cases
 
 
-def validate(network: DenoiserNet, cases: list[dict], device: torch.device = torch.device("cpu")) -> dict:
-    """Mean PSNR of the noisy input and of the result over the cases, and the gain between them."""
+def validate(network: DenoiserNet, cases: list[dict], device: torch.device = torch.device("cpu"),
+             real_pair: RealPair | None = None) -> dict:
+    """Mean PSNR of the noisy input and of the result over the cases, and the gain between them;
+    with ``real_pair``, also its ``harm_ratio`` (below 1: the network helps on real noise)."""
     noisy, denoised = [], []
     for case in cases:
         result = denoise_volume(case["image"], case["sigma"], network, device=device)
         noisy.append(psnr(case["target"], case["image"], case["mask"]))
         denoised.append(psnr(case["target"], result, case["mask"]))
+    metrics = {"psnr_noisy": float(np.mean(noisy)), "psnr_denoised": float(np.mean(denoised)),
+               "psnr_gain": float(np.mean(denoised) - np.mean(noisy))}
+    if real_pair is not None:
+        metrics["real_noise_ratio"] = harm_ratio(network, real_pair, device)
     network.train()
-    return {"psnr_noisy": float(np.mean(noisy)), "psnr_denoised": float(np.mean(denoised)),
-            "psnr_gain": float(np.mean(denoised) - np.mean(noisy))}
+    return metrics
 
 
-def _validate_and_keep_best(network, cases, device, best: float, out_dir: Path, step: int, log) -> float:
-    """Validate; when the gain beats ``best``, save the weights as best.pt. Returns the new best."""
+def ranking(metrics: dict) -> Ranking:
+    """Weights that do no harm on the real pair rank above any that do; then by validation gain.
+
+    >>> ranking({"psnr_gain": 4.1, "real_noise_ratio": 1.01}) < ranking({"psnr_gain": 3.6, "real_noise_ratio": 0.99})
+    True
+    """
+    return metrics.get("real_noise_ratio", 0.0) < 1.0, metrics["psnr_gain"]
+
+
+def _validate_and_keep_best(network, cases, real_pair, device, best: Ranking, out_dir: Path, step: int, log) -> Ranking:
+    """Validate; when the weights rank above ``best``, save them as best.pt. Returns the new best."""
     network.eval()
-    metrics = validate(network, cases, device)
-    if metrics["psnr_gain"] > best:
-        best = metrics["psnr_gain"]
+    metrics = validate(network, cases, device, real_pair)
+    if ranking(metrics) > best:
+        best = ranking(metrics)
         save_weights(network, out_dir / BEST_WEIGHTS)
-    log({"event": "validation", "step": step, **metrics, "best_gain": best})
+    log({"event": "validation", "step": step, **metrics, "best_gain": best[1], "best_does_no_harm": best[0]})
     return best
 
 
-def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig, best: float) -> None:
+def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig, best: Ranking) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
-                "torch_rng": torch.get_rng_state(), "best_gain": best}, temporary)
+                "torch_rng": torch.get_rng_state(), "best_does_no_harm": best[0], "best_gain": best[1]}, temporary)
     os.replace(temporary, path)
 
 
@@ -201,6 +221,7 @@ def train(
     log: Callable[[dict], None] = print,
     device: str = "cpu",
     batches: Callable[[int], Batch] | None = None,
+    real_pair: RealPair | None = None,
 ) -> DenoiserNet:
     """Train into ``out_dir``; resumes from its checkpoint when one is there and ``resume`` is set.
 
@@ -225,7 +246,7 @@ def train(
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
                                config.smoothing_augmentation, config.lesions)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
-    start, best = 0, -float("inf")
+    start, best = 0, (False, -float("inf"))
     checkpoint = out_dir / CHECKPOINT
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -233,12 +254,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
-        start, best = state["step"], state["best_gain"]
+        # Checkpoints from before the real-pair check ranked by gain alone.
+        start, best = state["step"], (state.get("best_does_no_harm", True), state["best_gain"])
         log({"event": "resumed", "step": start})
     # Only rank 0 validates (other ranks may have no cases): the others wait at a barrier.
     validating = bool(validation_cases) and rank == 0
     if start == 0 and validating:
-        best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, 0, log)
+        best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, 0, log)
     distributed.barrier()
     model = network
     if world_size > 1:
@@ -257,7 +279,7 @@ def train(
         done = step + 1
         if done % config.validate_every == 0 or done == config.steps:
             if validating:
-                best = _validate_and_keep_best(network, validation_cases, device, best, out_dir, done, log)
+                best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, done, log)
             distributed.barrier()
         if done % config.checkpoint_every == 0 or done == end:
             loss_mean = distributed.mean(float(np.mean(losses[-config.checkpoint_every:])), device)
@@ -285,4 +307,5 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
         with open(Path(out_dir) / "config.json", "w") as stream:
             json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
                        "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
-    return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device)
+    return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device,
+                 real_pair=epi_pair() if validation else None)

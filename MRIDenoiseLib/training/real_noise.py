@@ -1,0 +1,49 @@
+"""Do no harm on real scanner noise: nibabel's two-volume EPI, whose volumes differ by noise alone.
+
+The second volume's noise is independent of the first's, so the denoised first volume's mean
+squared difference to the second, over the raw first volume's, ranks methods without a clean
+truth: below 1 the denoiser helps. Synthetic validation cases can reward what real data punish
+(a stage-one guide without the unsmoothed copy did both: TRAINING_RUNS.md), so training checks
+this pair too. The sigma is estimated, as it is for a user's scan.
+
+>>> pair = epi_pair()
+>>> pair.first.shape, pair.first.dtype, round(float(pair.mask.mean()), 2)
+((128, 96, 24), dtype('float32'), 0.37)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from ..inference import denoise_volume
+from ..mask import head_mask
+from ..noise import estimate_sigma
+
+
+@dataclass(frozen=True)
+class RealPair:
+    """Two time points of one real scan, and the head mask of the first."""
+
+    first: np.ndarray
+    second: np.ndarray
+    mask: np.ndarray
+
+
+def epi_pair() -> RealPair:
+    """The first two volumes of nibabel's ``example4d`` (2 x 2 x 2.2 mm EPI)."""
+    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    first, second = data[..., 0], data[..., 1]
+    return RealPair(first, second, head_mask(first))
+
+
+def harm_ratio(network, pair: RealPair, device: torch.device | str = "cpu") -> float:
+    """Squared difference to the second volume in the head: denoised first volume over raw first volume."""
+    denoised = denoise_volume(pair.first, estimate_sigma(pair.first), network, device=device)
+    raw = float(((pair.first - pair.second)[pair.mask] ** 2).mean())
+    return float(((denoised - pair.second)[pair.mask] ** 2).mean()) / raw
