@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
                          workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation,
-                         lesions=args.lesions, sigma_error=args.sigma_error)
+                         lesions=args.lesions)
     if init is not None:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
@@ -199,8 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
     train.add_argument("--lesions", action="store_true",
                        help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")
-    train.add_argument("--sigma-error", type=float, default=0.0, metavar="F",
-                       help="give the network a sigma wrong by a random factor within 1/(1+F) to 1+F, as estimates are")
     train.add_argument("--correction-in-guide", action="store_true",
                        help="the network's correction shifts the stage-two guide instead of the output")
     train.add_argument("--validate-every", type=int, default=500)

@@ -8,7 +8,7 @@ from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import load_network, sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
-from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandSigmaErrord, RandThickSlicesd
+from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
     BEST_WEIGHTS,
     CHECKPOINT,
@@ -62,19 +62,6 @@ def test_best_weights_rank_doing_no_harm_on_real_noise_first(tmp_path):
     assert validations[-1]["best_does_no_harm"] == (chosen["real_noise_ratio"] < 1)
     # best.pt holds those weights (stored in float16)
     assert harm_ratio(load_network(tmp_path / "run" / BEST_WEIGHTS), pair) == pytest.approx(chosen["real_noise_ratio"], rel=2e-3)
-
-
-def test_the_sigma_given_errs_within_its_bounds_both_ways():
-    error = RandSigmaErrord(0.5)
-    factors = []
-    for seed in range(400):
-        error.set_random_state(seed=seed)
-        factors.append(float(error({"sigma": np.float32(0.04)})["sigma"]) / 0.04)
-    logs = np.log(factors)
-    assert 1 / 1.5 - 1e-6 <= min(factors) < 0.75 and 1.4 < max(factors) <= 1.5 + 1e-6
-    assert abs(logs.mean()) < 0.05 and 0.2 < logs.std() < 0.28  # log-uniform over +-ln 1.5: sd 0.234
-    with_error = PatchSampler(scans(), patch=16, seed=7, sigma_error=0.5)
-    assert all(torch.equal(a, b) for a, b in zip(with_error.batch(2), with_error.batch(2)))
 
 
 def test_batches_depend_only_on_seed_and_step():

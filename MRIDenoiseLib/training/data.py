@@ -32,14 +32,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from ..mask import head_mask
-from .degradations import (
-    NormaliseIntensityd,
-    RandContrastRemapd,
-    RandLesionsd,
-    RandRicianNoised,
-    RandSigmaErrord,
-    RandThickSlicesd,
-)
+from .degradations import NormaliseIntensityd, RandContrastRemapd, RandLesionsd, RandRicianNoised, RandThickSlicesd
 
 VALIDATION_NAMES = ("colin27",)
 TRAINING_VOXEL_MM = 1.0
@@ -102,14 +95,12 @@ def load_scan(path: Path | str) -> Scan:
     return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
 
 
-def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False,
-                sigma_error: float = 0.0) -> Compose:
+def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False) -> Compose:
     """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs.
 
     ``smoothing=False`` leaves out the zoom and point-spread augmentations: anatomy only as sharp
     as the scans themselves. ``lesions=True`` inserts synthetic lesions and adds the loss's
-    ``"weight"`` to each patch (``RandLesionsd``). ``sigma_error`` > 0 gives the network a sigma
-    wrong by up to that factor (``RandSigmaErrord``).
+    ``"weight"`` to each patch (``RandLesionsd``).
     """
     smoothing_share = 1.0 if smoothing else 0.0
     spatial = ["target", "mask"]
@@ -133,7 +124,6 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesio
             RandThickSlicesd([*spatial, *weighted], prob=0.5),
             RandRicianNoised(["target"]),
             NormaliseIntensityd(),
-            *([RandSigmaErrord(sigma_error)] if sigma_error > 0 else []),
             SpatialPadd(pair, spatial_size=(patch, patch, patch)),
             RandCropByPosNegLabeld(
                 ["image", "target", *weighted], label_key="mask", spatial_size=(patch, patch, patch),
@@ -164,11 +154,11 @@ class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
     def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0,
-                 smoothing: bool = True, lesions: bool = False, sigma_error: float = 0.0):
+                 smoothing: bool = True, lesions: bool = False):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
-        self.chain = degradation(patch, patches_per_scan, smoothing, lesions, sigma_error)
+        self.chain = degradation(patch, patches_per_scan, smoothing, lesions)
         self.probabilities = sampling_probabilities(scans)
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:

@@ -151,23 +151,6 @@ class RandRicianNoised(RandomizableTransform, MapTransform):
         return out
 
 
-class RandSigmaErrord(RandomizableTransform):
-    """Give the network a sigma that is wrong by a log-uniform factor in [1 / (1 + error), 1 + error],
-    as the automatic estimate is on real scans (1.46x on nibabel's EPI, whose finest detail is
-    largely anatomy; 0.5-0.9x under in-plane correlated noise): the network must judge from the
-    image how far to trust it. The loss is in units of the sigma given."""
-
-    def __init__(self, error: float = 0.5):
-        RandomizableTransform.__init__(self, 1.0)
-        self.error = error
-
-    def __call__(self, data):
-        bound = np.log1p(self.error)
-        out = dict(data)
-        out["sigma"] = np.float32(data["sigma"] * np.exp(self.R.uniform(-bound, bound)))
-        return out
-
-
 class NormaliseIntensityd(Transform):
     """Divide image, target and sigma by the noisy image's robust maximum, as inference does."""
 

@@ -59,7 +59,6 @@ class TrainConfig:
     loss: str = "l1"
     smoothing_augmentation: bool = True
     lesions: bool = False
-    sigma_error: float = 0.0
     network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
@@ -245,7 +244,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
-                               config.smoothing_augmentation, config.lesions, config.sigma_error)
+                               config.smoothing_augmentation, config.lesions)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, (False, -float("inf"))
     checkpoint = out_dir / CHECKPOINT
