@@ -58,10 +58,6 @@ class NetworkConfig:
     # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
     # result: the output stays an average of input voxels, and training can sharpen the guide.
     correction_in_guide: bool = False
-    # The noise-level head's logits are added outside the UNet's bound instead of inside it: a
-    # preference shared by every voxel can grow without saturating the local adjustment (whose
-    # gradient then vanishes), which stays free to differ from voxel to voxel.
-    prior_outside_bound: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +69,6 @@ class NetworkConfig:
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
             correction_in_guide=bool(values.get("correction_in_guide", False)),
-            prior_outside_bound=bool(values.get("prior_outside_bound", False)),
         )
 
     @property
@@ -195,10 +190,7 @@ class DenoiserNet(nn.Module):
         correction = pixel_shuffle(features[:, :folded_count], FOLD)
         adjustment = features[:, folded_count:]
         prior = self.noise_prior(torch.log(sigma.reshape(-1, 1).clamp(min=1e-4))).reshape(-1, self.bases, 1, 1, 1)
-        if self.config.prior_outside_bound:
-            learned = LOGIT_BOUND * torch.tanh(self.logit_gain * adjustment / LOGIT_BOUND) + prior
-        else:
-            learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)
+        learned = LOGIT_BOUND * torch.tanh((self.logit_gain * adjustment + prior) / LOGIT_BOUND)
         variance = (sigma * sigma).clamp(min=1e-10)
         # Mixing weights are smooth: computed at half resolution, each interpolated to full
         # resolution only when its copy is added (one full-resolution weight at a time).
