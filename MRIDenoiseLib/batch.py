@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io import InputError, image_like, read_image, refuse_same_path, write_images
-from .pipeline import DenoisePipeline, DenoiseResult
+from .io import InputError, check_image, image_like, pick_volume, read_any_image, refuse_same_path, write_images
+from .noise import estimate_sigma_in_series
+from .pipeline import STAGE_NOISE, DenoisePipeline, DenoiseResult
 
 
 def denoise_file(
@@ -33,13 +34,25 @@ def denoise_file(
         if extra is not None:
             refuse_same_path(input_path, extra)
     started = time.perf_counter()
-    image = read_image(input_path, volume)
+    series = read_any_image(input_path)
+    image = check_image(pick_volume(series, volume), str(input_path))
     read_seconds = time.perf_counter() - started
     pipeline = pipeline or DenoisePipeline(weights=weights)
     array = sitk.GetArrayFromImage(image).astype(np.float32)
+    sigma_note, series_seconds = None, 0.0
+    if sigma is None and series.GetDimension() == 4:
+        started_estimate = time.perf_counter()
+        estimates = estimate_sigma_in_series(sitk.GetArrayViewFromImage(series), volume)
+        series_seconds = time.perf_counter() - started_estimate
+        sigma = estimates.sigma
+        if estimates.from_series is not None:
+            sigma_note = (f"noise sigma from this volume alone {estimates.alone:.4g}, from the differences of consecutive "
+                          f"volumes {estimates.from_series:.4g}: the lower is used")
+    del series  # a long series need not stay in memory while the volume is denoised
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, image.GetSpacing(), bias_correction=bias_correction, device=device,
                           sigma=sigma, progress=progress, preserve_detail=preserve_detail)
+    result.seconds[STAGE_NOISE] += series_seconds
     outputs = [(image_like(result.denoised, image), output_path)]
     if save_bias is not None:
         outputs.append((image_like(result.bias_field, image), save_bias))
@@ -48,7 +61,7 @@ def denoise_file(
     started_write = time.perf_counter()
     write_images(outputs)
     if reporter is not None:
-        for note in result.notes:
+        for note in [*result.notes, *([sigma_note] if sigma_note else [])]:
             reporter.line(f"note: {note}")
         reporter.line(f"estimated noise sigma: {result.sigma:.4g} ({result.sigma_percent:.2f}% of the robust maximum)")
         timings = {"read": read_seconds, "model load": pipeline.load_seconds, **result.seconds,

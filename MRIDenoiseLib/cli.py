@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")
     denoise.add_argument("--sigma", type=float, help="noise sigma in the input's units (default: estimated)")
-    denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise")
+    denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise (its noise "
+                         "sigma is then also estimated from the series' consecutive differences, and the lower used)")
     denoise.add_argument("--weights", help="weights file (default: the bundled model)")
     denoise.add_argument("--shard", type=_shard_spec, metavar="INDEX/COUNT",
                          help="for a batch, denoise only every COUNT-th scan of the sorted list, from "

@@ -66,6 +66,11 @@ def read_image(path: Path | str, volume: int | None = None) -> sitk.Image:
 
     ``volume`` picks one volume of a 4-D series (``--volume N``).
     """
+    return check_image(pick_volume(read_any_image(path), volume), str(path))
+
+
+def read_any_image(path: Path | str) -> sitk.Image:
+    """Read an image as it is (a 4-D series too), or raise InputError; ``read_image`` checks it."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -79,9 +84,7 @@ def read_image(path: Path | str, volume: int | None = None) -> sitk.Image:
         first = str(error).strip().splitlines()
         reason = next((line.strip() for line in first if "rror" in line or "nable" in line), "unreadable")
         raise InputError(f"{path}: not a readable image ({reason[:160]})") from None
-    if volume is not None:
-        image = pick_volume(image, volume)
-    return check_image(image, str(path))
+    return image
 
 
 def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
@@ -104,9 +107,9 @@ def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
     return image
 
 
-def pick_volume(image: sitk.Image, index: int) -> sitk.Image:
-    """One 3-D volume of a 4-D series (``--volume N``)."""
-    if image.GetDimension() != 4:
+def pick_volume(image: sitk.Image, index: int | None) -> sitk.Image:
+    """One 3-D volume of a 4-D series (``--volume N``); anything else as it is."""
+    if index is None or image.GetDimension() != 4:
         return image
     count = image.GetSize()[3]
     if not 0 <= index < count:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import phantom, write_volume
+from conftest import phantom, textured_series, write_volume
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.io import InputError, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
@@ -93,6 +93,18 @@ def test_4d_input_with_volume_option(tmp_path, tiny_weights):
     sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(v) for v in series]), str(source))
     assert run([source, tmp_path / "out.nii.gz", "--no-n4", "--volume", "2"], tiny_weights) == 0
     assert sitk.ReadImage(str(tmp_path / "out.nii.gz")).GetSize() == (44, 48, 40)
+
+
+def test_4d_input_takes_its_noise_from_the_series(tmp_path, tiny_weights, capsys):
+    series = textured_series()
+    source = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(v) for v in series]), str(source))
+    assert main(["denoise", str(source), str(tmp_path / "out.nii.gz"), "--no-n4", "--volume", "1",
+                 "--weights", str(tiny_weights)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("note: noise sigma from this volume alone") for line in lines)
+    used = float(next(line for line in lines if line.startswith("estimated noise sigma:")).split()[3])
+    assert used == pytest.approx(6.0, rel=0.05)
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
