@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from MRIDenoiseLib.mask import head_mask
 from conftest import textured_series
+from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma, estimate_sigma_from_series, estimate_sigma_in_series
 
 
@@ -83,4 +83,3 @@ def test_sigma_of_real_epi_noise_from_the_pair_within_10_percent(epi_pair):
     series = np.stack(epi_pair)
     assert estimate_sigma_from_series(series, 0) == pytest.approx(_temporal_sigma(epi_pair), rel=0.1)
     # measured: 8.39 against the differences' standard deviation 9.01 (a MAD ignores their outliers)
-

@@ -23,7 +23,7 @@ def test_denoised_first_volume_is_closer_to_the_second(epi_pair):
     assert denoised_error < raw_error
 
 
-def test_a_series_sigma_keeps_a_coarse_fmri_volume_from_harm():
+def test_a_series_sigma_all_but_removes_the_harm_on_a_coarse_fmri_volume():
     """nibabel's 20-volume functional.nii (4 x 4 x 8 mm, 3 slices): at such voxels every fine
     detail is anatomy, and volume 0's own estimate is 3.3x the one from consecutive differences."""
     path = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
