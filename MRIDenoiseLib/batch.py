@@ -42,12 +42,8 @@ def denoise_file(
     sigma_note, series_seconds = None, 0.0
     if sigma is None and series.GetDimension() == 4:
         started_estimate = time.perf_counter()
-        estimates = estimate_sigma_in_series(sitk.GetArrayViewFromImage(series), volume)
+        sigma, sigma_note = _series_sigma(series, volume)
         series_seconds = time.perf_counter() - started_estimate
-        sigma = estimates.sigma
-        if estimates.from_series is not None:
-            sigma_note = (f"noise sigma from this volume alone {estimates.alone:.4g}, from the differences of consecutive "
-                          f"volumes {estimates.from_series:.4g}: the lower is used")
     del series  # a long series need not stay in memory while the volume is denoised
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, image.GetSpacing(), bias_correction=bias_correction, device=device,
@@ -70,6 +66,15 @@ def denoise_file(
                       + f"; total {time.perf_counter() - started:.2f} s on {result.device}")
         reporter.line(f"wrote {output_path}" + "".join(f", {p}" for _, p in outputs[1:]))
     return result
+
+
+def _series_sigma(series: sitk.Image, volume: int) -> tuple[float, str | None]:
+    """The noise sigma of one volume of a 4-D series, and a note on where it came from."""
+    estimates = estimate_sigma_in_series(sitk.GetArrayViewFromImage(series), volume)
+    if estimates.from_series is None:
+        return estimates.sigma, None
+    return estimates.sigma, (f"noise sigma from this volume alone {estimates.alone:.4g}, from the differences of "
+                             f"consecutive volumes {estimates.from_series:.4g}: the lower is used")
 
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
