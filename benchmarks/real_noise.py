@@ -27,7 +27,7 @@ from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import estimate_sigma_in_series
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
-SERIES = ("example4d.nii.gz", "functional.nii")
+SERIES = ("example4d.nii.gz", "functional.nii", "phantom_EPI_asc_CLEAR_2_1.PAR")
 
 
 def load_series(name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
