@@ -2,12 +2,13 @@
 
     python benchmarks/real_noise.py [--out benchmarks/results/real_noise.md]
 
-Two series that ship with nibabel (a dependency): ``example4d.nii.gz`` (2 volumes of a 2 x 2 x 2.2 mm
-EPI) and ``functional.nii`` (20 volumes, 4 x 4 x 8 mm, 3 slices). Volume 0 is denoised and compared,
+Three series that ship with nibabel (a dependency): ``example4d.nii.gz`` (2 volumes of a 2 x 2 x 2.2 mm
+EPI), ``functional.nii`` (20 volumes, 4 x 4 x 8 mm, 3 slices) and ``phantom_EPI_asc_CLEAR_2_1.PAR``
+(3 dynamics of a phantom EPI, 3.75 x 3.75 x 8 mm). Volume 0 is denoised and compared,
 inside its head mask, with the other volumes (their mean where there are several): their noise is
 independent of volume 0's, so a method that removes noise and keeps anatomy lowers the mean squared
 difference, one that removes anatomy raises it. No clean truth is needed, but what the volumes
-share beyond noise (motion, physiology) stays in every figure. Methods: the raw volume 0, DIPY
+share beyond noise (motion, physiology, ghosts) stays in every figure. Methods: the raw volume 0, DIPY
 ``nlmeans(rician=True)`` with its own sigma estimate, ANTs ``denoise_image(noise_model="Rician")``,
 MRIDenoise with the sigma estimated from volume 0 alone (what a 3-D file gets) and with the
 series' sigma (what ``--volume 0`` on the 4-D file gets).
