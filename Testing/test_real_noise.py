@@ -2,14 +2,12 @@
 independent of the first's. A denoiser that helps brings volume 1 closer to volume 2 (and, for a
 longer series, to the mean of the others)."""
 
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import estimate_sigma_in_series
 from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.training.real_noise import nibabel_series
 
 
 def test_denoised_first_volume_is_closer_to_the_second(epi_pair):
@@ -27,8 +25,7 @@ def test_denoised_first_volume_is_closer_to_the_second(epi_pair):
 def test_a_series_sigma_all_but_removes_the_harm_on_a_coarse_fmri_volume():
     """nibabel's 20-volume functional.nii (4 x 4 x 8 mm, 3 slices): at such voxels every fine
     detail is anatomy, and volume 0's own estimate is 3.3x the one from consecutive differences."""
-    path = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
-    series = np.moveaxis(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), -1, 0)
+    series = np.moveaxis(nibabel_series("functional.nii")[0], -1, 0)
     first, others = series[0], series[1:].mean(axis=0)
     inside = head_mask(first)
     estimates = estimate_sigma_in_series(series, 0)

@@ -20,22 +20,21 @@ import argparse
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from quality import run_ants, run_dipy
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import estimate_sigma_in_series
 from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.training.real_noise import nibabel_series
 
 SERIES = ("example4d.nii.gz", "functional.nii", "phantom_EPI_asc_CLEAR_2_1.PAR")
 
 
 def load_series(name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A nibabel test series as (t, z, y, x) float32, and its voxel size (x, y, z) in mm."""
-    image = nib.load(str(Path(nib.__file__).parent / "tests" / "data" / name))
-    data = np.asarray(image.dataobj, dtype=np.float32).transpose(3, 2, 1, 0)
-    return np.ascontiguousarray(data), tuple(float(z) for z in image.header.get_zooms()[:3])
+    """A nibabel test series as (t, z, y, x), and its voxel size (x, y, z) in mm."""
+    data, spacing = nibabel_series(name)
+    return np.ascontiguousarray(data.transpose(3, 2, 1, 0)), spacing
 
 
 def compare(name: str, pipeline: DenoisePipeline) -> dict:

@@ -34,10 +34,16 @@ class RealPair:
     mask: np.ndarray
 
 
+def nibabel_series(name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 4-D test series that ships with nibabel, as stored (x, y, z, t) in float32, and its voxel
+    size (x, y, z) in mm."""
+    image = nib.load(str(Path(nib.__file__).parent / "tests" / "data" / name))
+    return np.asarray(image.dataobj, dtype=np.float32), tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
 def epi_pair() -> RealPair:
     """The first two volumes of nibabel's ``example4d`` (2 x 2 x 2.2 mm EPI)."""
-    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    data, _ = nibabel_series("example4d.nii.gz")
     first, second = data[..., 0], data[..., 1]
     return RealPair(first, second, head_mask(first))
 
