@@ -130,8 +130,6 @@ def _train(args: argparse.Namespace) -> int:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
         config.network["correction_in_guide"] = True
-    if args.identity_floor:
-        config.network["identity_floor"] = True
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -204,8 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")
     train.add_argument("--correction-in-guide", action="store_true",
                        help="the network's correction shifts the stage-two guide instead of the output")
-    train.add_argument("--identity-floor", action="store_true",
-                       help="the learned steering never lowers the unsmoothed copy's weight below SURE's")
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")

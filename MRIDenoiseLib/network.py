@@ -58,9 +58,6 @@ class NetworkConfig:
     # The UNet's full-resolution output shifts the stage-two guide instead of being added to the
     # result: the output stays an average of input voxels, and training can sharpen the guide.
     correction_in_guide: bool = False
-    # The learned steering never gives the unsmoothed copy less weight than SURE alone does (see
-    # ``keep_identity_share``): real scans punish a guide without it (TRAINING_RUNS.md).
-    identity_floor: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +69,6 @@ class NetworkConfig:
             strides=tuple(values["strides"]),
             num_res_units=int(values["num_res_units"]),
             correction_in_guide=bool(values.get("correction_in_guide", False)),
-            identity_floor=bool(values.get("identity_floor", False)),
         )
 
     @property
@@ -160,25 +156,6 @@ def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: tor
     return -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
 
 
-def keep_identity_share(sure: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
-    """``learned`` with the unsmoothed copy's logit (channel 0) raised just enough that its mixing
-    weight, softmax(sure + learned), is never below softmax(sure)'s: the learned steering may move
-    weight between smoothed copies, or to the unsmoothed one, never away from it.
-
-    >>> sure, learned = torch.tensor([[0.0, 0.0]]), torch.tensor([[-1.0, 2.0]])
-    >>> torch.softmax(sure + keep_identity_share(sure, learned), dim=1)
-    tensor([[0.5000, 0.5000]])
-    >>> torch.softmax(sure + keep_identity_share(sure, -learned), dim=1)  # more weight: left alone
-    tensor([[0.9526, 0.0474]])
-    """
-    prior = torch.log_softmax(sure, dim=1)
-    # Raising the unsmoothed copy's logit by t keeps its SURE weight p0 exactly when
-    # t = log sum_j p_j exp(l_j - l_0) - log(1 - p0), over the smoothed copies j.
-    lift = torch.logsumexp(prior[:, 1:] + learned[:, 1:] - learned[:, :1], dim=1, keepdim=True)
-    lift = F.relu(lift - torch.logsumexp(prior[:, 1:], dim=1, keepdim=True))
-    return torch.cat([learned[:, :1] + lift, learned[:, 1:]], dim=1)
-
-
 class DenoiserNet(nn.Module):
     """Maps a normalised noisy volume and its normalised Rician sigma to a clean volume."""
 
@@ -217,10 +194,7 @@ class DenoiserNet(nn.Module):
         variance = (sigma * sigma).clamp(min=1e-10)
         # Mixing weights are smooth: computed at half resolution, each interpolated to full
         # resolution only when its copy is added (one full-resolution weight at a time).
-        sure = sure_logits(image, smoothed_copies(image), variance)
-        if self.config.identity_floor:
-            learned = keep_identity_share(sure, learned)
-        weights = torch.softmax(sure + learned, dim=1)
+        weights = torch.softmax(sure_logits(image, smoothed_copies(image), variance) + learned, dim=1)
         squared = image * image
         second_moment = -2 * variance
         for index, copy in enumerate([squared, *smoothed_copies(squared)]):
