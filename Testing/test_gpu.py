@@ -1,0 +1,47 @@
+"""The CUDA path (autocast to half precision, the whole volume in one window) must give the CPU's
+image: a GPU user gets the quality the benchmarks measure on the CPU. Skipped without a CUDA GPU,
+so CI (which has none) never runs these; run them on a GPU machine with
+``python -m pytest Testing/test_gpu.py Testing/test_real_noise.py Testing/test_inference.py``
+(on a GPU, ``DenoisePipeline``'s default device is CUDA, so the real-noise tests run there too)."""
+
+import numpy as np
+import pytest
+import torch
+
+from MRIDenoiseLib.inference import denoise_volume
+from MRIDenoiseLib.mask import head_mask
+from MRIDenoiseLib.metrics import psnr
+from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
+from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def network():
+    return load_network(DEFAULT_WEIGHTS)
+
+
+def test_gpu_and_cpu_give_the_same_psnr(epi_pair, network):
+    # The real EPI volume as the reference, with 5% Rician noise added: a real head at 2 mm.
+    reference = epi_pair[0]
+    noisy = add_rician_noise(reference, 0.05 * float(reference.max()), np.random.default_rng(0))
+    sigma, inside = estimate_sigma(noisy), head_mask(reference)
+    on_cpu = denoise_volume(noisy, sigma, network, "cpu")
+    on_gpu = denoise_volume(noisy, sigma, network, "cuda")
+    assert psnr(reference, on_cpu, inside) > psnr(reference, noisy, inside) + 3
+    assert abs(psnr(reference, on_gpu, inside) - psnr(reference, on_cpu, inside)) < 0.02
+    assert float(np.abs(on_gpu - on_cpu).max()) < 0.01 * float(reference.max())
+
+
+def test_gpu_does_no_harm_on_real_noise_either(epi_pair, network):
+    first, second = epi_pair
+    inside, sigma = head_mask(first), estimate_sigma(first)
+
+    def error(volume):
+        return float(((volume - second)[inside] ** 2).mean())
+
+    on_cpu = error(denoise_volume(first, sigma, network, "cpu"))
+    on_gpu = error(denoise_volume(first, sigma, network, "cuda"))
+    assert on_gpu < error(first)
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-3)
