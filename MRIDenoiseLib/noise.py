@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,19 @@ def _block_percentile_gain(size: int, percentile: float) -> float:
     return float(np.sqrt(stats.chi2.ppf(percentile / 100, dof) / dof))
 
 
+def _tissue_mad_sigma(level: np.ndarray, floor: float, deviations: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Sigma as the median of ``deviations(tissue)`` (absolute noise samples at the voxels of a
+    mask) over 0.6745, first where ``level`` is above ``floor``, then twice more as the tissue
+    tightens to ``MIN_TISSUE_SNR`` sigma, while it holds 1000 voxels or more."""
+    sigma = float(np.median(deviations(level > floor))) / GAUSSIAN_MAD
+    for _ in range(2):
+        tissue = level > max(MIN_TISSUE_SNR * sigma, floor)
+        if tissue.sum() < 1000:
+            break
+        sigma = float(np.median(deviations(tissue))) / GAUSSIAN_MAD
+    return sigma
+
+
 def estimate_sigma(image: np.ndarray) -> float:
     """Estimate the Rician sigma of a magnitude image, in the image's own units.
 
@@ -92,13 +106,8 @@ def estimate_sigma(image: np.ndarray) -> float:
     positive = smooth[smooth > 0]
     if positive.size == 0:
         return 0.0
-    floor = np.percentile(positive, 25)
-    sigma = float(np.median(detail[smooth > floor])) / GAUSSIAN_MAD
-    for _ in range(2):
-        tissue = smooth > max(MIN_TISSUE_SNR * sigma, floor)
-        if tissue.sum() < 1000:
-            break
-        sigma = float(np.median(detail[tissue])) / GAUSSIAN_MAD
+    floor = float(np.percentile(positive, 25))
+    sigma = _tissue_mad_sigma(smooth, floor, lambda tissue: detail[tissue])
     if min(detail.shape) < BLOCK:
         return sigma
     energy = _blocks(detail**2, BLOCK)
@@ -134,16 +143,16 @@ def estimate_sigma_from_series(series: np.ndarray, index: int) -> float | None:
     first = max(0, min(index - SERIES_PAIRS // 2, series.shape[0] - 1 - SERIES_PAIRS))
     volumes = np.asarray(series[first : first + SERIES_PAIRS + 1], dtype=np.float32)
     mean = volumes.mean(axis=0)
-    floor = np.percentile(mean[mean > 0], 25) if (mean > 0).any() else 0.0
-    differences = np.diff(volumes, axis=0)
-    sigma = float(np.median(np.abs(differences[:, mean > floor])) / GAUSSIAN_MAD / np.sqrt(2))
-    for _ in range(2):
-        tissue = mean > max(MIN_TISSUE_SNR * sigma, floor)
-        if tissue.sum() < 1000:
-            break
+    floor = float(np.percentile(mean[mean > 0], 25)) if (mean > 0).any() else 0.0
+    # A difference of two volumes carries the noise twice (variance 2 sigma²); its median is
+    # taken out, as drift between the volumes would shift it.
+    differences = np.diff(volumes, axis=0) / np.float32(np.sqrt(2.0))
+
+    def deviations(tissue: np.ndarray) -> np.ndarray:
         values = differences[:, tissue]
-        sigma = float(np.median(np.abs(values - np.median(values))) / GAUSSIAN_MAD / np.sqrt(2))
-    return sigma
+        return np.abs(values - np.median(values))
+
+    return _tissue_mad_sigma(mean, floor, deviations)
 
 
 @dataclass(frozen=True)
