@@ -8,7 +8,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io import InputError, check_image, image_like, pick_volume, read_any_image, refuse_same_path, write_images
+from .bias import can_correct_bias
+from .inference import Cancelled, DeviceUnavailable
+from .io import (
+    InputError,
+    check_image,
+    check_output_folder,
+    image_like,
+    pick_volume,
+    read_any_image,
+    refuse_same_path,
+    write_images,
+)
+from .model import WeightsError
 from .noise import estimate_sigma_in_series
 from .pipeline import STAGE_NOISE, DenoisePipeline, DenoiseResult
 
@@ -33,10 +45,14 @@ def denoise_file(
     for extra in (output_path, save_bias, save_residual):
         if extra is not None:
             refuse_same_path(input_path, extra)
+            check_output_folder(extra)
     started = time.perf_counter()
     series = read_any_image(input_path)
     image = check_image(pick_volume(series, volume), str(input_path))
     read_seconds = time.perf_counter() - started
+    if save_bias is not None and not can_correct_bias(image.GetSize()):
+        raise InputError(f"{input_path}: too small for N4 ({' x '.join(map(str, image.GetSize()))}), so there is no "
+                         "bias field to save: drop --save-bias")
     pipeline = pipeline or DenoisePipeline(weights=weights)
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     sigma_note, series_seconds = None, 0.0
@@ -98,7 +114,10 @@ def batch_inputs(source: Path | str) -> list[Path] | None:
     source = Path(source)
     if source.is_file() and source.suffix == ".txt":
         lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
-        return [source.parent / line for line in lines if line and not line.startswith("#")]
+        scans = [source.parent / line for line in lines if line and not line.startswith("#")]
+        if not scans:
+            raise InputError(f"{source}: the list names no scans")
+        return scans
     if source.is_dir():
         scans = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
         return scans or None
@@ -131,11 +150,15 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
 
     A scan whose output already exists is skipped (outputs are written atomically, so an existing
     one is complete): a stopped batch started again carries on where it stopped. A scan that
-    fails is reported and the batch goes on. Returns the counts and the failures.
+    fails is reported and the batch goes on; what would fail every scan (no such device, damaged
+    weights) or a cancel stops it. Returns the counts and the failures.
     """
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: is a file; a batch needs an output folder")
     if any(scan.parent.resolve() == output_dir.resolve() for scan in inputs):
         raise InputError(f"{output_dir}: the output folder holds the inputs; pick another folder")
+    _refuse_shared_output_names(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
     summary = {"denoised": 0, "skipped": 0, "failed": []}
@@ -151,4 +174,20 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
             summary["denoised"] += 1
         except InputError as error:
             summary["failed"].append(str(error))
+        except (Cancelled, DeviceUnavailable, WeightsError):
+            raise
+        except Exception as error:  # one odd scan (say, a library's error on it) must not end a night's batch
+            message = str(error).strip().splitlines()
+            summary["failed"].append(f"{scan}: {type(error).__name__}" + (f": {message[0]}" if message else ""))
     return summary
+
+
+def _refuse_shared_output_names(inputs: list[Path]) -> None:
+    """Two scans of a list with one file name (sub1/T1w.nii.gz, sub2/T1w.nii.gz) would share an output."""
+    first_with_name: dict[str, Path] = {}
+    for scan in inputs:
+        name = output_name(scan)
+        if name in first_with_name:
+            raise InputError(f"{first_with_name[name]} and {scan} would both be written as {name}; "
+                             "give the scans distinct file names (or run them as separate batches)")
+        first_with_name[name] = scan

@@ -10,6 +10,7 @@ import argparse
 import ctypes
 import gc
 import json
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -252,6 +253,11 @@ def _collector_paused():
         gc.enable()
 
 
+def _exit_on_terminate(signum: int, frame) -> None:
+    """SIGTERM (a SLURM time limit, ``kill``) exits through Python, so temporary outputs are removed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _reuse_freed_memory()
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         from .inference import Cancelled, DeviceUnavailable
         from .io import InputError
         from .model import WeightsError
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_terminate)
     try:
         return args.run(args)
     except (InputError, WeightsError, DeviceUnavailable, FileNotFoundError) as error:
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         print("mridenoise: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

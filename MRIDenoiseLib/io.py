@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+# Interpolation rings a little below zero; more than this share of the maximum means the image is
+# not a magnitude image, whose noise model (Rician) the denoiser assumes.
+NEGATIVE_TOLERANCE = 0.05
+
 
 class InputError(ValueError):
     """Input that cannot be denoised; the message is one line meant for the user."""
@@ -104,13 +108,18 @@ def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
         raise InputError(f"{name}: holds NaN or infinite voxels")
     if array.max() == array.min():
         raise InputError(f"{name}: every voxel has the same value ({array.max()}); nothing to denoise")
+    if array.min() < -NEGATIVE_TOLERANCE * float(array.max()):
+        raise InputError(f"{name}: has voxels down to {array.min():.4g} ({(array < 0).mean():.1%} of them below 0); "
+                         "a magnitude image (0 or above) is needed, not a signed, phase or z-scored one")
     return image
 
 
 def pick_volume(image: sitk.Image, index: int | None) -> sitk.Image:
-    """One 3-D volume of a 4-D series (``--volume N``); anything else as it is."""
-    if index is None or image.GetDimension() != 4:
+    """One 3-D volume of a 4-D series (``--volume N``); anything else as it is, without ``index``."""
+    if index is None:
         return image
+    if image.GetDimension() != 4:
+        raise InputError(f"--volume {index}: the input is {image.GetDimension()}-D; --volume picks a volume of a 4-D series")
     count = image.GetSize()[3]
     if not 0 <= index < count:
         raise InputError(f"--volume {index} is out of range: the series has {count} volumes (0..{count - 1})")
@@ -132,6 +141,19 @@ def refuse_same_path(input_path: Path | str, output_path: Path | str) -> None:
         raise InputError(f"{output_path}: output path equals the input path; the input is never overwritten")
 
 
+def check_output_folder(path: Path | str) -> None:
+    """An output whose folder is missing is refused (checked again when writing)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(image: sitk.Image, path: Path | str) -> None:
     """Write one image atomically."""
     write_images([(image, path)])
@@ -146,8 +168,7 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
     try:
         for image, path in images:
             path = Path(path)
-            if not path.parent.is_dir():
-                raise InputError(f"{path}: folder {path.parent} does not exist")
+            check_output_folder(path)
             suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
             handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
             os.close(handle)
@@ -156,7 +177,10 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
                 sitk.WriteImage(image, temporary, True)
             except RuntimeError:
                 raise InputError(f"{path}: cannot write this format (use .nii.gz, .nii, .nrrd or .mha)") from None
+        # mkstemp makes its files private (0600); an output gets the permissions any new file would.
+        mode = 0o666 & ~_umask()
         for temporary, path in staged:
+            os.chmod(temporary, mode)
             os.replace(temporary, path)
     finally:
         for temporary, _ in staged:

@@ -24,9 +24,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .bias import correct_bias
+from .bias import N4_MIN_VOXELS, can_correct_bias, correct_bias
 from .inference import Cancelled, denoise_volume, resolve_device
 from .intensity import intensity_scale
+from .io import InputError
 from .local_means import restore_local_means
 from .noise import estimate_sigma
 
@@ -98,6 +99,9 @@ class DenoisePipeline:
         report(STAGE_NOISE, 0.0)
         if sigma is None:
             sigma = estimate_sigma(volume)
+        elif not 0 < sigma < intensity_scale(volume):
+            raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
+                             f"its robust maximum ({intensity_scale(volume):.4g})")
         seconds[STAGE_NOISE] = time.perf_counter() - started
         report(STAGE_NOISE, 1.0)
         check_cancel()
@@ -113,12 +117,15 @@ class DenoisePipeline:
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
         seconds[STAGE_DENOISE] = time.perf_counter() - started
-        if notes:
+        if notes:  # the GPU ran out of memory: the CPU finished the job
             chosen = resolve_device("cpu")
         residual = volume - denoised
 
         bias_field = None
-        if bias_correction:
+        if bias_correction and not can_correct_bias(volume.shape):
+            notes.append(f"bias correction skipped: N4 needs at least {N4_MIN_VOXELS} voxels along every axis "
+                         f"(this volume has {' x '.join(map(str, reversed(volume.shape)))})")
+        elif bias_correction:
             check_cancel()
             started = time.perf_counter()
             report(STAGE_BIAS, 0.0)
