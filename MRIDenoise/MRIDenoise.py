@@ -55,6 +55,7 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.job = None
+        self.lastResults = {}  # "residual" / "bias field" -> node: a rerun on the same input replaces them
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
@@ -140,11 +141,15 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
+            def reused(kind, wanted):
+                return self.logic.reusableResult(self.lastResults.get(kind), node.inputVolume, kind) if wanted else None
+
             self.job = self.logic.process(
                 node.inputVolume, node.outputVolume, biasCorrection=node.biasCorrection,
                 device=DEVICE_BY_LABEL[node.device], createResidual=node.createResidual,
-                createBiasField=node.createBiasField, waitForCompletion=False, eventCallback=self.onJobEvent,
-                preserveDetail=node.preserveDetail)
+                createBiasField=node.createBiasField, residualVolume=reused("residual", node.createResidual),
+                biasFieldVolume=reused("bias field", node.createBiasField),
+                waitForCompletion=False, eventCallback=self.onJobEvent, preserveDetail=node.preserveDetail)
         self._checkCanApply()
 
     def onJobEvent(self, event) -> None:
@@ -164,6 +169,8 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      detailedText=job.errorDetails or None)
         elif event.kind == "completed":
             self._parameterNode.outputVolume = job.outputVolume
+            made = {"residual": job.residualVolume, "bias field": job.biasFieldVolume}
+            self.lastResults.update({kind: volume for kind, volume in made.items() if volume is not None})
             self.logic.showComparison(job.request.inputVolume, job.outputVolume, job.residualVolume)
             self.logic.selectInDataTree(job.outputVolume)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .bias import can_correct_bias
 from .inference import Cancelled, DeviceUnavailable
+from .input_checks import can_correct_bias
 from .io import (
     InputError,
     check_image,

@@ -24,19 +24,6 @@ import SimpleITK as sitk
 
 from .mask import head_mask
 
-# N4's B-spline field needs room along every axis: a 2-D slice makes it fail, and a few voxels
-# make it scale the whole image (4x on a 3x3x3 volume).
-N4_MIN_VOXELS = 8
-
-
-def can_correct_bias(shape: tuple[int, ...]) -> bool:
-    """Whether N4 is fitted on a volume of this shape (every axis at least N4_MIN_VOXELS).
-
-    >>> can_correct_bias((181, 217, 181)), can_correct_bias((1, 64, 64))
-    (True, False)
-    """
-    return min(shape) >= N4_MIN_VOXELS
-
 
 @dataclass(frozen=True)
 class N4Settings:

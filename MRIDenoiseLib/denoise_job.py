@@ -2,8 +2,9 @@
 
 The job is polled from the thread that owns the scene (a QTimer in Slicer, a loop in
 :meth:`DenoiseJob.wait`): only :meth:`DenoiseJob.poll` touches MRML, the worker runs elsewhere.
-Result nodes are created only once every result file has been read, so a failed or cancelled run
-adds no node, and the temporary folder is removed whatever happens.
+Result nodes are created only once every result file has been read (and removed again if filling
+them fails), so a failed or cancelled run adds no node, and the temporary folder is removed
+whatever happens.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class DenoiseJob:
         self._folder = Path(tempfile.mkdtemp(prefix="MRIDenoise-", dir=self.temporaryRoot))
         try:
             self._progress(protocol.STAGE_PREPARING, 0.0)
+            if self.state != RUNNING:  # the callback cancelled the job
+                return self
             write_volume_node(self.request.inputVolume, self._folder / "input.nrrd")
             self._process = self.runner.start(self._arguments())
         except Exception as error:
@@ -204,6 +207,8 @@ class DenoiseJob:
         self._emit("cancelled", message="Cancelled.")
 
     def _fail(self, message: str, details: str = "") -> None:
+        if self._folder is not None:  # the worker names its files; the user knows the volume
+            message = message.replace(str(self._folder / "input.nrrd"), self.request.inputVolume.GetName())
         self.state, self.errorMessage, self.errorDetails = FAILED, message, details
         LOG.error("MRIDenoise failed: %s\n%s", message, details)
         self._cleanup()
@@ -215,14 +220,33 @@ class DenoiseJob:
 
     def _load_results(self) -> None:
         self._progress(protocol.STAGE_LOADING, 0.0)
+        if self.state != RUNNING:  # the callback cancelled the job
+            return
         try:
             images = {name: read_image_data(self._folder / f"{name}.nrrd") for name in self.request.outputs()}
         except Exception as error:
             self._fail(str(error), repr(error))
             return
         source = self.request.inputVolume
-        nodes = {name: self._result_node(reused, source, name, images[name])
-                 for name, reused in self.request.outputs().items()}
+        scene = source.GetScene()
+        gone = [node.GetName() for node in (source, *self.request.outputs().values())
+                if node is not None and (scene is None or node.GetScene() is not scene)]
+        if gone:
+            self._fail(f"{', '.join(gone)} left the scene during denoising; no result was added.")
+            return
+        nodes, created = {}, []
+        try:
+            for name, node in self.request.outputs().items():
+                if node is None:
+                    label = f"{source.GetName()} {'denoised' if name == 'output' else name}"
+                    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(label))
+                    created.append(node)
+                nodes[name] = self._fill_result_node(node, source, name, images[name])
+        except Exception as error:  # poll() runs on a timer: it must end the job, never raise
+            for node in created:
+                scene.RemoveNode(node)
+            self._fail(f"the results could not be added to the scene ({error})", repr(error))
+            return
         self.outputVolume = nodes["output"]
         self.residualVolume = nodes.get("residual")
         self.biasFieldVolume = nodes.get("bias field")
@@ -231,12 +255,8 @@ class DenoiseJob:
         self._progress(protocol.STAGE_LOADING, 1.0)
         self._emit("completed", message=summary_text(self.summary, self.elapsedSeconds))
 
-    def _result_node(self, node, source, name: str, image):
-        """Put ``image`` into ``node`` (or a new node named after the input) with ``source``'s geometry."""
-        scene = source.GetScene()
-        if node is None:
-            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
-                                           scene.GenerateUniqueName(f"{source.GetName()} {'denoised' if name == 'output' else name}"))
+    def _fill_result_node(self, node, source, name: str, image):
+        """Put ``image`` into ``node`` with ``source``'s geometry and the run's attributes."""
         wasModifying = node.StartModify()
         node.SetAndObserveImageData(image)
         node.CopyOrientation(source)

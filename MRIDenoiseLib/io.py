@@ -23,13 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-# Interpolation rings a little below zero; more than this share of the maximum means the image is
-# not a magnitude image, whose noise model (Rician) the denoiser assumes.
-NEGATIVE_TOLERANCE = 0.05
-
-
-class InputError(ValueError):
-    """Input that cannot be denoised; the message is one line meant for the user."""
+from .input_checks import InputError, check_voxels
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -92,7 +86,7 @@ def read_any_image(path: Path | str) -> sitk.Image:
 
 
 def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
-    """Refuse vector, 4-D, empty, non-finite or constant images; promote 2-D to one slice."""
+    """Refuse vector images, series (4-D and up) and what ``check_voxels`` refuses; promote 2-D to one slice."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector or RGB); a scalar MRI volume is needed")
     if image.GetDimension() == 4:
@@ -101,16 +95,7 @@ def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
         image = sitk.JoinSeries(image)
     if image.GetDimension() != 3:
         raise InputError(f"{name}: {image.GetDimension()}-D images are not supported")
-    array = sitk.GetArrayViewFromImage(image)
-    if array.size == 0:
-        raise InputError(f"{name}: is empty")
-    if not np.isfinite(array).all():
-        raise InputError(f"{name}: holds NaN or infinite voxels")
-    if array.max() == array.min():
-        raise InputError(f"{name}: every voxel has the same value ({array.max()}); nothing to denoise")
-    if array.min() < -NEGATIVE_TOLERANCE * float(array.max()):
-        raise InputError(f"{name}: has voxels down to {array.min():.4g} ({(array < 0).mean():.1%} of them below 0); "
-                         "a magnitude image (0 or above) is needed, not a signed, phase or z-scored one")
+    check_voxels(sitk.GetArrayViewFromImage(image), name)
     return image
 
 

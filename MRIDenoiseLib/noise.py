@@ -75,7 +75,10 @@ def _tissue_mad_sigma(level: np.ndarray, floor: float, deviations: Callable[[np.
     """Sigma as the median of ``deviations(tissue)`` (absolute noise samples at the voxels of a
     mask) over 0.6745, first where ``level`` is above ``floor``, then twice more as the tissue
     tightens to ``MIN_TISSUE_SNR`` sigma, while it holds 1000 voxels or more."""
-    sigma = float(np.median(deviations(level > floor))) / GAUSSIAN_MAD
+    tissue = level > floor
+    if not tissue.any():
+        return 0.0
+    sigma = float(np.median(deviations(tissue))) / GAUSSIAN_MAD
     for _ in range(2):
         tissue = level > max(MIN_TISSUE_SNR * sigma, floor)
         if tissue.sum() < 1000:

@@ -24,10 +24,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .bias import N4_MIN_VOXELS, can_correct_bias, correct_bias
+from .bias import correct_bias
 from .inference import Cancelled, denoise_volume, resolve_device
+from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
-from .io import InputError
 from .local_means import restore_local_means
 from .noise import estimate_sigma
 
@@ -99,6 +99,9 @@ class DenoisePipeline:
         report(STAGE_NOISE, 0.0)
         if sigma is None:
             sigma = estimate_sigma(volume)
+            if not 0 < sigma < intensity_scale(volume):
+                raise InputError(f"the noise level could not be estimated (sigma {sigma:g}): the image is too small, "
+                                 "too flat or free of noise")
         elif not 0 < sigma < intensity_scale(volume):
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({intensity_scale(volume):.4g})")
@@ -116,6 +119,8 @@ class DenoisePipeline:
         )
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
+        if not np.isfinite(denoised).all():
+            raise InputError("denoising gave non-finite voxels; nothing was written")
         seconds[STAGE_DENOISE] = time.perf_counter() - started
         if notes:  # the GPU ran out of memory: the CPU finished the job
             chosen = resolve_device("cpu")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from vtkmodules.util.numpy_support import vtk_to_numpy
+
 from . import comparison
-from .denoise_job import DenoiseEvent, DenoiseJob, DenoiseRequest
+from .denoise_job import ATTRIBUTE_PREFIX, DenoiseEvent, DenoiseJob, DenoiseRequest
+from .input_checks import N4_MIN_VOXELS, can_correct_bias, check_voxels
 from .worker_process import SubprocessRunner, WorkerRunner
 
 Poller = Callable[[Callable[[], bool]], None]
@@ -47,12 +50,23 @@ class MRIDenoiseLogic:
         if not inputVolume.IsA("vtkMRMLScalarVolumeNode") or inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError(f"{inputVolume.GetName()} is not a scalar volume (label maps, vector and tensor volumes are not denoised).")
         image = inputVolume.GetImageData()
-        if image is None or image.GetNumberOfPoints() == 0:
+        if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
             raise ValueError(f"{inputVolume.GetName()} holds no voxels.")
         if image.GetNumberOfScalarComponents() != 1:
             raise ValueError(f"{inputVolume.GetName()} has {image.GetNumberOfScalarComponents()} components per voxel; a scalar MRI volume is needed.")
         if inputVolume.GetScene() is None:
             raise ValueError(f"{inputVolume.GetName()} is not in a scene.")
+        # What the worker would refuse, refused here before it starts (InputError is a ValueError).
+        check_voxels(vtk_to_numpy(image.GetPointData().GetScalars()), inputVolume.GetName())
+
+    @staticmethod
+    def reusableResult(node, inputVolume, kind: str):
+        """``node`` if it holds the ``kind`` result ("residual", "bias field") of ``inputVolume``'s
+        last run and is still in its scene, so that a new run replaces it; else None (a new node)."""
+        if node is None or inputVolume is None or node.GetScene() is not inputVolume.GetScene():
+            return None
+        made_for_input = node.GetAttribute(ATTRIBUTE_PREFIX + "source") == inputVolume.GetID()
+        return node if made_for_input and node.GetAttribute(ATTRIBUTE_PREFIX + "kind") == kind else None
 
     def createRequest(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
                       createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
@@ -65,8 +79,17 @@ class MRIDenoiseLogic:
             raise ValueError("The output must be a different volume than the input: the input is never overwritten.")
         if len({id(node) for node in others}) != len(others):
             raise ValueError("The output, residual and bias field volumes must be different volumes.")
-        if (createBiasField or biasFieldVolume is not None) and not biasCorrection:
+        for node in others:
+            if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+                raise ValueError(f"{node.GetName()} cannot hold a result: results go into scalar volumes.")
+            if node.GetScene() is not inputVolume.GetScene():
+                raise ValueError(f"{node.GetName()} is not in the input's scene.")
+        wantsBiasField = createBiasField or biasFieldVolume is not None
+        if wantsBiasField and not biasCorrection:
             raise ValueError("A bias field volume needs bias correction: turn N4 bias correction on.")
+        if wantsBiasField and not can_correct_bias(inputVolume.GetImageData().GetDimensions()):
+            raise ValueError(f"{inputVolume.GetName()} is too thin for N4 bias correction (it needs {N4_MIN_VOXELS} voxels "
+                             "along every axis): untick the bias field output.")
         return DenoiseRequest(inputVolume, outputVolume, bool(biasCorrection), device, bool(createResidual),
                               bool(createBiasField), residualVolume, biasFieldVolume, self.weights, bool(preserveDetail))
 

@@ -97,18 +97,86 @@ def test_bad_requests_are_refused_before_any_work(logic, tmp_path):
         logic.process(source, biasCorrection=False, createBiasField=True)
     with pytest.raises(ValueError, match="Unknown device"):
         logic.process(source, device="tpu")
+    with pytest.raises(ValueError, match="cannot hold a result"):
+        logic.process(source, outputVolume=label)
+    other_scene = SlicerLikeScene().addVolume(noisy((8, 8, 8)), "elsewhere")
+    with pytest.raises(ValueError, match="not in the input's scene"):
+        logic.process(source, outputVolume=other_scene)
     assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def _with_voxel(volume, value):
+    volume[1, 2, 3] = value
+    return volume
+
+
+@pytest.mark.parametrize("volume, message", [
+    (np.full((8, 8, 8), 5.0, np.float32), "same value"),
+    (_with_voxel(noisy((8, 8, 8)), np.nan), "NaN or infinite"),
+    (noisy((8, 8, 8)) - 100, "magnitude image"),
+])
+def test_what_the_worker_would_refuse_is_refused_before_it_starts(logic, tmp_path, volume, message):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(volume, "Bad")
+    nodes_before = laid.scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match=message) as error:
+        logic.process(source, biasCorrection=False)
+    assert str(error.value).startswith("Bad: ") and "\n" not in str(error.value)
+    assert laid.scene.GetNumberOfNodes() == nodes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_single_slice_skips_n4_and_cannot_give_a_bias_field(logic):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy((1, 48, 44)), "Slice")
+    with pytest.raises(ValueError, match="too thin for N4 bias correction"):
+        logic.process(source, createBiasField=True)
+    job = logic.process(source, waitForCompletion=False).wait()
+    assert job.state == COMPLETED
+    assert "bias correction skipped: N4 needs at least 8 voxels along every axis" in " ".join(job.summary["notes"])
+
+
+def test_a_rerun_replaces_the_residual_it_made_for_the_same_input(logic):
+    laid = SlicerLikeScene()
+    source, other = laid.addVolume(noisy(), "First"), laid.addVolume(noisy(seed=1), "Second")
+    first = logic.process(source, biasCorrection=False, createResidual=True, waitForCompletion=False).wait()
+    residual = first.residualVolume
+    assert logic.reusableResult(residual, source, "residual") is residual
+    assert logic.reusableResult(residual, other, "residual") is None
+    assert logic.reusableResult(first.outputVolume, source, "residual") is None
+    volumes_before = laid.count("vtkMRMLScalarVolumeNode")
+    again = logic.process(source, first.outputVolume, biasCorrection=False,
+                          residualVolume=logic.reusableResult(residual, source, "residual"), waitForCompletion=False).wait()
+    assert again.residualVolume is residual and laid.count("vtkMRMLScalarVolumeNode") == volumes_before
+
+
+def test_an_input_removed_during_the_run_ends_the_job_without_results(logic, tmp_path):
+    laid = SlicerLikeScene()
+    source = laid.addVolume(noisy())
+    events = []
+
+    def remove_input_once_denoised(event):
+        events.append(event.kind)
+        if event.kind == "progress" and event.stage == "loading result" and source.GetScene() is not None:
+            laid.scene.RemoveNode(source)
+
+    nodes_before = laid.scene.GetNumberOfNodes()
+    job = logic.process(source, biasCorrection=False, waitForCompletion=False, eventCallback=remove_input_once_denoised).wait()
+    assert job.state == "failed" and "left the scene during denoising" in job.errorMessage
+    assert events[-1] == "failed"
+    assert laid.scene.GetNumberOfNodes() == nodes_before - 1  # only the input, removed by the callback
     assert list(tmp_path.iterdir()) == []
 
 
 def test_worker_error_is_one_line_and_leaves_nothing(tmp_path):
     laid = SlicerLikeScene()
-    source = laid.addVolume(np.full((8, 8, 8), 5.0, np.float32))  # constant: the engine refuses it
+    source = laid.addVolume(noisy((8, 8, 8)))
     logic = MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path), weights=tmp_path / "none.pt")
     nodes_before = laid.scene.GetNumberOfNodes()
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(RuntimeError) as error:  # the worker finds no weights file
         logic.process(source, biasCorrection=False)
-    assert "\n" not in str(error.value) and ("same value" in str(error.value) or "weights" in str(error.value))
+    assert "\n" not in str(error.value) and "none.pt" in str(error.value)
     assert laid.scene.GetNumberOfNodes() == nodes_before
     assert list(tmp_path.iterdir()) == []
 
