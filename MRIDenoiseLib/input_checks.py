@@ -31,7 +31,7 @@ def check_voxels(array: np.ndarray, name: str = "input") -> None:
     """Refuse voxels that cannot be denoised: none, non-finite (also once in float32), constant, or signed."""
     if array.size == 0:
         raise InputError(f"{name}: is empty")
-    if not np.isfinite(array).all() or float(np.abs(array).max()) > np.finfo(np.float32).max:
+    if not np.isfinite(array).all() or float(np.abs(array).max()) > float(np.finfo(np.float32).max):
         raise InputError(f"{name}: holds NaN or infinite voxels (or values beyond 32-bit floats)")
     if array.max() == array.min():
         raise InputError(f"{name}: every voxel has the same value ({array.max()}); nothing to denoise")

@@ -149,11 +149,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "4d": (tmp_path / "4d.nii.gz", "--volume"),
         "no dicom": (tmp_path / "empty_folder", "no DICOM series"),
         "negative": (write_volume(tmp_path / "negative.nii.gz", noisy_phantom() - 100), "magnitude image"),
+        "noise-free": (write_volume(tmp_path / "box.nii.gz", np.pad(np.full((20, 20, 20), 255.0, np.float32), 10)),
+                       "noise level could not be estimated"),
+        "beyond float32": (write_volume(tmp_path / "huge.nrrd", noisy_phantom().astype(np.float64) * 1e37), "32-bit floats"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "nan", "inf", "zero", "vector", "4d",
-                                  "no dicom", "negative"])
+                                  "no dicom", "negative", "noise-free", "beyond float32"])
 def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_weights, capsys, case):
     source, message = _bad_inputs(tmp_path)[case]
     before = digest(source) if source.is_file() else None
