@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +79,44 @@ def read_any_image(path: Path | str) -> sitk.Image:
         _check_nifti(path)
     elif path.suffix == ".gz":
         _check_gzip_complete(path)
+    printed: list[str] = []
     try:
-        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        with _native_stderr_held(printed):
+            image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        reason = next((line.strip() for line in first if "rror" in line or "nable" in line), "unreadable")
-        raise InputError(f"{path}: not a readable image ({reason[:160]})") from None
+        raise InputError(f"{path}: not a readable image ({_failure_reason(error, printed)[:160]})") from None
     return image
+
+
+def _failure_reason(error: RuntimeError, printed: list[str]) -> str:
+    """The most telling line of a failed read: what the native reader printed, else ITK's error.
+
+    >>> _failure_reason(RuntimeError("Exception thrown in ImageFileReader_Execute: itkMetaImageIO.cxx:490:\\n"
+    ...     "ITK ERROR: MetaImageIO(0x5): File cannot be read: a.mha for reading."), ["MetaImage: data not read completely"])
+    'MetaImage: data not read completely'
+    """
+    if printed:
+        return printed[0].strip(" *")
+    lines = [line.strip() for line in str(error).splitlines()]
+    reason = next((line for line in lines if "rror" in line or "ERROR" in line or "nable" in line), "unreadable")
+    return reason.split("): ", 1)[-1] if reason.startswith("ITK ERROR") else reason
+
+
+@contextmanager
+def _native_stderr_held(printed: list[str]) -> Iterator[None]:
+    """Keep what ITK's C and C++ readers (MetaIO, NIfTI, GDCM) write straight to stderr out of the
+    user's one line; the lines are appended to ``printed`` for the caller's reason."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            printed.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:

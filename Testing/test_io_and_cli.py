@@ -128,6 +128,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     plain = write_volume(tmp_path / "plain.nii", noisy_phantom())
     truncated_plain = tmp_path / "truncated.nii"
     truncated_plain.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])
+    meta = write_volume(tmp_path / "meta.mha", noisy_phantom())
+    truncated_meta = tmp_path / "truncated.mha"
+    truncated_meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
     nan = noisy_phantom()
     nan[5, 5, 5] = np.nan
     inf = noisy_phantom()
@@ -142,6 +145,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "text": (text, "not a readable image"),
         "truncated": (truncated, "not a readable image"),
         "truncated plain": (truncated_plain, "not a readable image"),
+        # MetaIO prints its reason on stderr itself: it becomes the one line's reason.
+        "truncated mha": (truncated_meta, "not a readable image (MetaImage: M_ReadElementsData: data not read completely)"),
         "nan": (write_volume(tmp_path / "nan.nii.gz", nan), "NaN or infinite"),
         "inf": (write_volume(tmp_path / "inf.nii.gz", inf), "NaN or infinite"),
         "zero": (write_volume(tmp_path / "zero.nii.gz", np.zeros((20, 20, 20), np.float32)), "same value"),
@@ -155,14 +160,15 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "nan", "inf", "zero", "vector", "4d",
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "truncated mha", "nan", "inf", "zero", "vector", "4d",
                                   "no dicom", "negative", "noise-free", "beyond float32"])
-def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_weights, capsys, case):
+def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_weights, capfd, case):
     source, message = _bad_inputs(tmp_path)[case]
+    capfd.readouterr()
     before = digest(source) if source.is_file() else None
     out = tmp_path / "out.nii.gz"
     assert run([source, out], tiny_weights) == 2
-    error = capsys.readouterr().err.strip()
+    error = capfd.readouterr().err.strip()  # what C++ readers print straight to stderr counts too
     assert len(error.splitlines()) == 1 and message in error and "Traceback" not in error
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
