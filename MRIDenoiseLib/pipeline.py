@@ -97,14 +97,15 @@ class DenoisePipeline:
 
         started = time.perf_counter()
         report(STAGE_NOISE, 0.0)
+        scale = intensity_scale(volume)
         if sigma is None:
             sigma = estimate_sigma(volume)
-            if not 0 < sigma < intensity_scale(volume):
+            if not 0 < sigma < scale:
                 raise InputError(f"the noise level could not be estimated (sigma {sigma:g}): the image is too small, "
                                  "too flat or free of noise")
-        elif not 0 < sigma < intensity_scale(volume):
+        elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
-                             f"its robust maximum ({intensity_scale(volume):.4g})")
+                             f"its robust maximum ({scale:.4g})")
         seconds[STAGE_NOISE] = time.perf_counter() - started
         report(STAGE_NOISE, 1.0)
         check_cancel()
@@ -139,6 +140,6 @@ class DenoisePipeline:
             report(STAGE_BIAS, 1.0)
         return DenoiseResult(
             denoised=denoised, residual=residual, bias_field=bias_field, sigma=float(sigma),
-            sigma_percent=100.0 * float(sigma) / intensity_scale(volume), device=chosen.type,
+            sigma_percent=100.0 * float(sigma) / scale, device=chosen.type,
             seconds=seconds, notes=notes,
         )
