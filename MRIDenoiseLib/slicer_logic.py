@@ -65,8 +65,8 @@ class MRIDenoiseLogic:
         last run and is still in its scene, so that a new run replaces it; else None (a new node)."""
         if node is None or inputVolume is None or node.GetScene() is not inputVolume.GetScene():
             return None
-        made_for_input = node.GetAttribute(ATTRIBUTE_PREFIX + "source") == inputVolume.GetID()
-        return node if made_for_input and node.GetAttribute(ATTRIBUTE_PREFIX + "kind") == kind else None
+        madeForInput = node.GetAttribute(ATTRIBUTE_PREFIX + "source") == inputVolume.GetID()
+        return node if madeForInput and node.GetAttribute(ATTRIBUTE_PREFIX + "kind") == kind else None
 
     def createRequest(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
                       createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
@@ -80,7 +80,7 @@ class MRIDenoiseLogic:
         if len({id(node) for node in others}) != len(others):
             raise ValueError("The output, residual and bias field volumes must be different volumes.")
         for node in others:
-            if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            if node.GetClassName() != "vtkMRMLScalarVolumeNode":  # not its subclasses: label maps, vectors, tensors
                 raise ValueError(f"{node.GetName()} cannot hold a result: results go into scalar volumes.")
             if node.GetScene() is not inputVolume.GetScene():
                 raise ValueError(f"{node.GetName()} is not in the input's scene.")

@@ -88,6 +88,7 @@ def test_bad_requests_are_refused_before_any_work(logic, tmp_path):
     source = laid.addVolume(noisy((8, 8, 8)))
     label = laid.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     slicer.util.updateVolumeFromArray(label, np.ones((4, 4, 4), np.int16))
+    vector = laid.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "vectors")
     nodes_before = laid.scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match="never overwritten"):
         logic.process(source, outputVolume=source)
@@ -97,8 +98,9 @@ def test_bad_requests_are_refused_before_any_work(logic, tmp_path):
         logic.process(source, biasCorrection=False, createBiasField=True)
     with pytest.raises(ValueError, match="Unknown device"):
         logic.process(source, device="tpu")
-    with pytest.raises(ValueError, match="cannot hold a result"):
-        logic.process(source, outputVolume=label)
+    for unfit in (label, vector):
+        with pytest.raises(ValueError, match="cannot hold a result"):
+            logic.process(source, outputVolume=unfit)
     other_scene = SlicerLikeScene().addVolume(noisy((8, 8, 8)), "elsewhere")
     with pytest.raises(ValueError, match="not in the input's scene"):
         logic.process(source, outputVolume=other_scene)
