@@ -141,6 +141,7 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
+
             def reused(kind, wanted):
                 return self.logic.reusableResult(self.lastResults.get(kind), node.inputVolume, kind) if wanted else None
 
