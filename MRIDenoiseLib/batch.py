@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from .input_checks import can_correct_bias
 from .io import (
     InputError,
     check_image,
-    check_output_folder,
+    check_output_path,
     image_like,
     pick_volume,
     read_any_image,
@@ -45,7 +46,7 @@ def denoise_file(
     for extra in (output_path, save_bias, save_residual):
         if extra is not None:
             refuse_same_path(input_path, extra)
-            check_output_folder(extra)
+            check_output_path(extra)
     started = time.perf_counter()
     series = read_any_image(input_path)
     image = check_image(pick_volume(series, volume), str(input_path))
@@ -94,6 +95,8 @@ def _series_sigma(series: sitk.Image, volume: int) -> tuple[float, str | None]:
 
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Header-and-data formats, written as their one-file forms (``io.write_images`` renames one file).
+DETACHED_SUFFIXES = {".mhd": ".mha", ".nhdr": ".nrrd"}
 
 
 def batch_inputs(source: Path | str) -> list[Path] | None:
@@ -113,13 +116,22 @@ def batch_inputs(source: Path | str) -> list[Path] | None:
     """
     source = Path(source)
     if source.is_file() and source.suffix == ".txt":
-        lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
-        scans = [source.parent / line for line in lines if line and not line.startswith("#")]
-        if not scans:
+        try:
+            text = source.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first path
+        except UnicodeDecodeError as error:
+            raise InputError(f"{source}: not a UTF-8 text list ({error.reason} at byte {error.start})") from None
+        lines = [line.strip() for line in text.splitlines()]
+        named = [source.parent / line for line in lines if line and not line.startswith("#")]
+        if not named:
             raise InputError(f"{source}: the list names no scans")
-        return scans
+        unique: dict[Path, Path] = {}  # a scan listed twice (or once relative, once absolute) is done once
+        for scan in named:
+            unique.setdefault(scan.resolve(), scan)
+        return list(unique.values())
     if source.is_dir():
-        scans = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        # Names starting with a dot are hidden files, such as another run's temporary outputs.
+        scans = sorted(p for p in source.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES))
         return scans or None
     return None
 
@@ -136,11 +148,20 @@ def shard(inputs: list[Path], index: int, count: int) -> list[Path]:
     """
     if not 0 <= index < count:
         raise InputError(f"shard {index}/{count}: the index must be from 0 to {count - 1}")
+    refuse_shared_output_names(inputs)  # across shards, no task would see the clash
     return sorted(inputs)[index::count]
 
 
 def output_name(scan: Path) -> str:
-    """A file keeps its name; a DICOM series folder becomes ``<folder>.nii.gz``."""
+    """A file keeps its name, in one file (.mhd and .nhdr become .mha and .nrrd); a DICOM series
+    folder becomes ``<folder>.nii.gz``.
+
+    >>> [output_name(Path(name)) for name in ("a.nii.gz", "b.mhd", "c.nhdr", "dicom_folder")]
+    ['a.nii.gz', 'b.mha', 'c.nrrd', 'dicom_folder.nii.gz']
+    """
+    for detached, attached in DETACHED_SUFFIXES.items():
+        if scan.name.lower().endswith(detached):
+            return scan.name[: -len(detached)] + attached
     return scan.name if scan.name.lower().endswith(IMAGE_SUFFIXES) else f"{scan.name}.nii.gz"
 
 
@@ -158,8 +179,9 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
         raise InputError(f"{output_dir}: is a file; a batch needs an output folder")
     if any(scan.parent.resolve() == output_dir.resolve() for scan in inputs):
         raise InputError(f"{output_dir}: the output folder holds the inputs; pick another folder")
-    _refuse_shared_output_names(inputs)
+    refuse_shared_output_names(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir, [output_name(scan) for scan in inputs])
     pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
     summary = {"denoised": 0, "skipped": 0, "failed": []}
     for number, scan in enumerate(inputs, start=1):
@@ -182,7 +204,7 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
     return summary
 
 
-def _refuse_shared_output_names(inputs: list[Path]) -> None:
+def refuse_shared_output_names(inputs: list[Path]) -> None:
     """Two scans of a list with one file name (sub1/T1w.nii.gz, sub2/T1w.nii.gz) would share an output."""
     first_with_name: dict[str, Path] = {}
     for scan in inputs:
@@ -191,3 +213,20 @@ def _refuse_shared_output_names(inputs: list[Path]) -> None:
             raise InputError(f"{first_with_name[name]} and {scan} would both be written as {name}; "
                              "give the scans distinct file names (or run them as separate batches)")
         first_with_name[name] = scan
+
+
+STALE_AFTER_SECONDS = 3600  # far beyond any one write, so another process's write in progress is left alone
+
+
+def remove_stale_temporaries(output_dir: Path, names: list[str], now: float | None = None) -> list[Path]:
+    """Remove what a killed run (kill -9, a node lost) left of its temporary outputs for ``names``:
+    the hidden ``.<name>.<random><suffix>`` files that ``io.write_images`` writes before renaming.
+    Only those untouched for STALE_AFTER_SECONDS; returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for name in names:
+        for leftover in output_dir.glob(f".{glob.escape(name)}.*"):
+            if leftover.is_file() and now - leftover.stat().st_mtime > STALE_AFTER_SECONDS:
+                leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    return removed

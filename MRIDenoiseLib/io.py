@@ -160,11 +160,14 @@ def refuse_same_path(input_path: Path | str, output_path: Path | str) -> None:
         raise InputError(f"{output_path}: output path equals the input path; the input is never overwritten")
 
 
-def check_output_folder(path: Path | str) -> None:
-    """An output whose folder is missing is refused (checked again when writing)."""
+def check_output_path(path: Path | str) -> None:
+    """Refuse an output whose folder is missing, or in a header-and-data format, whose data file
+    would keep its temporary name (checked before the work and again when writing)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
+    if path.name.lower().endswith((".mhd", ".nhdr")):
+        raise InputError(f"{path}: .mhd and .nhdr keep the voxels in a second file; write .mha or .nrrd")
 
 
 def _umask() -> int:
@@ -187,7 +190,7 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
     try:
         for image, path in images:
             path = Path(path)
-            check_output_folder(path)
+            check_output_path(path)
             suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
             handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
             os.close(handle)
@@ -196,6 +199,8 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
                 sitk.WriteImage(image, temporary, True)
             except RuntimeError:
                 raise InputError(f"{path}: cannot write this format (use .nii.gz, .nii, .nrrd or .mha)") from None
+            with open(temporary, "rb+") as written:  # on disk before it is renamed into place (a lost node)
+                os.fsync(written.fileno())
         # mkstemp makes its files private (0600); an output gets the permissions any new file would.
         mode = 0o666 & ~_umask()
         for temporary, path in staged:

@@ -72,15 +72,43 @@ def test_a_malformed_shard_or_a_single_scan_is_refused(tmp_path, listing, tiny_w
     assert "not one scan" in capsys.readouterr().err and not (tmp_path / "a_out.nii.gz").exists()
 
 
+def array_task(listing, out, tiny_weights, **slurm) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   **{f"SLURM_ARRAY_TASK_{key.upper()}": str(value) for key, value in slurm.items()}}
+    return subprocess.run(["bash", str(ARRAY_SBATCH), str(listing), str(out), "--no-n4", "--weights", str(tiny_weights),
+                           "--quiet"], env=environment, capture_output=True, text=True, timeout=120, check=False)
+
+
 def test_array_sbatch_gives_each_task_its_shard(tmp_path, listing, tiny_weights):
     """Task 2 of an array submitted as --array=1-3 (SLURM numbers it 2 of 1..3) takes shard 1/3."""
     text = ARRAY_SBATCH.read_text()
     assert subprocess.run(["bash", "-n", str(ARRAY_SBATCH)], check=False).returncode == 0
     assert "#SBATCH --array=" in text and '--shard "$INDEX/$COUNT"' in text
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                   "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
-    out = tmp_path / "out"
-    task = subprocess.run(["bash", str(ARRAY_SBATCH), str(listing), str(out), "--no-n4", "--weights", str(tiny_weights),
-                           "--quiet"], env=environment, capture_output=True, text=True, timeout=120, check=False)
+    task = array_task(listing, tmp_path / "out", tiny_weights, id=2, min=1, count=3)
     assert task.returncode == 0, task.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["b.nii.gz", "e.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.nii.gz", "e.nii.gz"]
+
+
+def test_array_sbatch_with_a_step_covers_every_scan_once(tmp_path, listing, tiny_weights):
+    """--array=0-4:2 runs tasks 0, 2 and 4: shards 0/3, 1/3 and 2/3."""
+    for task_id in (0, 2, 4):
+        task = array_task(listing, tmp_path / f"out{task_id}", tiny_weights, id=task_id, min=0, count=3, step=2)
+        assert task.returncode == 0, task.stderr
+    assert sorted(p.name for out in tmp_path.glob("out*") for p in out.iterdir()) == sorted(NAMES)
+
+
+def test_array_sbatch_outside_an_array_says_so(tmp_path, listing, tiny_weights):
+    task = array_task(listing, tmp_path / "out", tiny_weights)
+    assert task.returncode != 0 and "submit this script as a job array" in task.stderr
+
+
+def test_shards_of_a_list_whose_outputs_would_collide_are_refused(tmp_path, tiny_weights, capsys):
+    # Each shard alone holds one of the two T1w.nii.gz: only the whole list shows the clash.
+    for subject in ("sub1", "sub2"):
+        (tmp_path / subject).mkdir()
+        write_volume(tmp_path / subject / "T1w.nii.gz", phantom((16, 20, 18)) + 5.0)
+    (tmp_path / "scans.txt").write_text("sub1/T1w.nii.gz\nsub2/T1w.nii.gz\n")
+    for index in range(2):
+        assert shard_run(tmp_path / "scans.txt", tmp_path / "out", f"{index}/2", tiny_weights) == 2
+        assert "would both be written as T1w.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,40 @@ def test_a_batch_that_cannot_be_written_is_refused_before_any_work(tmp_path, tin
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and message in error
     assert not (tmp_path / "out").exists()
+
+
+def test_list_files_as_people_write_them(tmp_path, tiny_weights, capsys):
+    write_volume(tmp_path / "a.nrrd", noisy_phantom())
+    # A byte-order mark, the same scan twice (once absolute): one output, no refusal.
+    (tmp_path / "bom.txt").write_bytes("\ufeffa.nrrd\n".encode() + f"{tmp_path / 'a.nrrd'}\n".encode())
+    assert run([tmp_path / "bom.txt", tmp_path / "out", "--no-n4"], tiny_weights) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nrrd"]
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.nrrd\n".encode("latin-1"))
+    assert run([tmp_path / "latin1.txt", tmp_path / "out2"], tiny_weights) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "not a UTF-8 text list" in error
+
+
+def test_a_folder_batch_writes_detached_formats_as_one_file_and_ignores_hidden_files(tmp_path, tiny_weights):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_volume(scans / "header.mhd", noisy_phantom())
+    (scans / ".partial.nii.gz").write_bytes(b"what a killed run left")
+    assert run([scans, tmp_path / "out", "--no-n4"], tiny_weights) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["header.mha"]
+    assert run([scans / "header.mhd", tmp_path / "single.mhd", "--no-n4"], tiny_weights) == 2
+    assert not (tmp_path / "single.mhd").exists()
+
+
+def test_a_batch_removes_what_a_killed_run_left_behind_but_not_a_write_in_progress(tmp_path, tiny_weights):
+    scan = write_volume(tmp_path / "a.nii.gz", noisy_phantom())
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, fresh = out / ".a.nii.gz.k3x9q2ab.nii.gz", out / ".a.nii.gz.zz81mm0p.nii.gz"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    summary = denoise_batch([scan], out, pipeline=DenoisePipeline(weights=tiny_weights), bias_correction=False)
+    assert summary["denoised"] == 1
+    assert sorted(p.name for p in out.iterdir()) == [fresh.name, "a.nii.gz"]
