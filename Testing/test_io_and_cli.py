@@ -161,8 +161,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "truncated mha", "nan", "inf", "zero", "vector", "4d",
-                                  "no dicom", "negative", "noise-free", "beyond float32"])
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "truncated plain", "truncated mha", "nan", "inf", "zero",
+                                  "vector", "4d", "no dicom", "negative", "noise-free", "beyond float32"])
 def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_weights, capfd, case):
     source, message = _bad_inputs(tmp_path)[case]
     capfd.readouterr()
@@ -271,6 +271,24 @@ def test_evaluate_reports_psnr_and_ssim(tmp_path, capsys):
     assert rows[0]["psnr"] == pytest.approx(20 * np.log10(reference.max() / 2.0), abs=1e-3)
     assert rows[1]["psnr"] == float("inf") and rows[1]["ssim"] == pytest.approx(1.0)
     assert rows[0]["ssim"] < 1.0
+    # A mask of ones alone is a fine mask (a denoising input could not be constant).
+    write_volume(tmp_path / "all.nii.gz", np.ones_like(reference))
+    assert main(["evaluate", str(tmp_path / "reference.nii.gz"), str(tmp_path / "offset.nii.gz"), "--mask",
+                 str(tmp_path / "all.nii.gz"), "--json"]) == 0
+    masked = json.loads(capsys.readouterr().out)[0]
+    assert masked["psnr"] == pytest.approx(20 * np.log10(reference.max() / 2.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("mask, message", [(np.ones((5, 5, 5), np.float32), "shapes differ: reference"),
+                                           (None, "the mask holds no voxel")])
+def test_evaluate_refuses_a_mask_that_does_not_fit(tmp_path, capsys, mask, message):
+    reference = phantom()
+    write_volume(tmp_path / "reference.nii.gz", reference)
+    write_volume(tmp_path / "mask.nii.gz", np.zeros_like(reference) if mask is None else mask)
+    assert main(["evaluate", str(tmp_path / "reference.nii.gz"), str(tmp_path / "reference.nii.gz"), "--mask",
+                 str(tmp_path / "mask.nii.gz")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error
 
 
 def test_batch_folder_skips_done_scans_and_reports_failures(tmp_path, tiny_weights, capsys):
