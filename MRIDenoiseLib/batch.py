@@ -181,7 +181,9 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
         raise InputError(f"{output_dir}: the output folder holds the inputs; pick another folder")
     refuse_shared_output_names(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir, [output_name(scan) for scan in inputs])
+    removed = remove_stale_temporaries(output_dir, [output_name(scan) for scan in inputs])
+    if removed and reporter is not None:
+        reporter.line(f"removed {len(removed)} temporary file(s) that a stopped run left in {output_dir}")
     pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
     summary = {"denoised": 0, "skipped": 0, "failed": []}
     for number, scan in enumerate(inputs, start=1):
@@ -218,12 +220,11 @@ def refuse_shared_output_names(inputs: list[Path]) -> None:
 STALE_AFTER_SECONDS = 3600  # far beyond any one write, so another process's write in progress is left alone
 
 
-def remove_stale_temporaries(output_dir: Path, names: list[str], now: float | None = None) -> list[Path]:
+def remove_stale_temporaries(output_dir: Path, names: list[str]) -> list[Path]:
     """Remove what a killed run (kill -9, a node lost) left of its temporary outputs for ``names``:
     the hidden ``.<name>.<random><suffix>`` files that ``io.write_images`` writes before renaming.
     Only those untouched for STALE_AFTER_SECONDS; returns what was removed."""
-    now = time.time() if now is None else now
-    removed = []
+    now, removed = time.time(), []
     for name in names:
         for leftover in output_dir.glob(f".{glob.escape(name)}.*"):
             if leftover.is_file() and now - leftover.stat().st_mtime > STALE_AFTER_SECONDS:

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
-from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.cli import Reporter, main
 from MRIDenoiseLib.batch import denoise_batch
 from MRIDenoiseLib.io import InputError, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
@@ -205,7 +205,7 @@ def test_terminated_while_writing_leaves_no_temporary_file(tmp_path, tiny_weight
     script = f"""
 import os, signal, sys
 import SimpleITK as sitk
-from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.cli import Reporter, main
 write = sitk.WriteImage
 def write_then_terminated(*args):
     write(*args)
@@ -381,7 +381,7 @@ def test_a_folder_batch_writes_detached_formats_as_one_file_and_ignores_hidden_f
     assert not (tmp_path / "single.mhd").exists()
 
 
-def test_a_batch_removes_what_a_killed_run_left_behind_but_not_a_write_in_progress(tmp_path, tiny_weights):
+def test_a_batch_removes_what_a_killed_run_left_behind_but_not_a_write_in_progress(tmp_path, tiny_weights, capsys):
     scan = write_volume(tmp_path / "a.nii.gz", noisy_phantom())
     out = tmp_path / "out"
     out.mkdir()
@@ -390,6 +390,8 @@ def test_a_batch_removes_what_a_killed_run_left_behind_but_not_a_write_in_progre
         leftover.write_bytes(b"partial")
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
-    summary = denoise_batch([scan], out, pipeline=DenoisePipeline(weights=tiny_weights), bias_correction=False)
+    summary = denoise_batch([scan], out, pipeline=DenoisePipeline(weights=tiny_weights), reporter=Reporter(quiet=False),
+                            bias_correction=False)
     assert summary["denoised"] == 1
     assert sorted(p.name for p in out.iterdir()) == [fresh.name, "a.nii.gz"]
+    assert capsys.readouterr().out.splitlines()[0] == f"removed 1 temporary file(s) that a stopped run left in {out}"
