@@ -10,7 +10,9 @@ maximum resident set size of the process (``wait4``).
 written as a user's script would, N times in the same run, and prints the ratio of the medians
 against MRIDenoise without N4. ``--add-noise P`` first writes a copy of the scan with Rician noise
 of P% of its maximum (seeded) and times everything on that copy: ANTs' run time depends on the
-image (on clean Colin27 it takes less than half as long as on a noisy one).
+image (on clean Colin27 it takes less than half as long as on a noisy one). ``--batch N`` also
+times one batch of N copies of the scan (``mridenoise denoise FOLDER OUT``, one process, the model
+loaded once), without and with N4, and prints the time per scan.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ants", type=int, default=0, metavar="N", help="also time ANTs DenoiseImage N times")
     parser.add_argument("--add-noise", type=float, metavar="PERCENT", help="time on a noisy copy of the scan")
+    parser.add_argument("--batch", type=int, default=0, metavar="N", help="also time one batch of N copies of the scan")
     args = parser.parse_args()
     beside = os.path.join(os.path.dirname(sys.executable), "mridenoise")
     executable = beside if os.path.exists(beside) else shutil.which("mridenoise")
@@ -56,6 +59,16 @@ def main() -> None:
             command = [executable, "denoise", args.scan, output, "--device", args.device, "--quiet", *extra]
             run_once(command)
             medians[label] = report(label, [run_once(command) for _ in range(args.runs)])
+        if args.batch:
+            scans = os.path.join(folder, "batch")
+            os.mkdir(scans)
+            for index in range(args.batch):
+                shutil.copyfile(args.scan, os.path.join(scans, f"scan{index:03d}.nii.gz"))
+            for label, extra in (("without N4", ["--no-n4"]), ("with N4", [])):
+                outputs = os.path.join(folder, f"batch out {label}")
+                seconds, peak = run_once([executable, "denoise", scans, outputs, "--device", args.device, "--quiet", *extra])
+                print(f"batch of {args.batch}, {label}: {seconds:.1f} s, {seconds / args.batch:.2f} s per scan; "
+                      f"peak memory {peak:.2f} GB")
         if args.ants:
             command = [sys.executable, "-c", ANTS_SCRIPT, args.scan, output]
             ants = report("ANTs DenoiseImage", [run_once(command) for _ in range(args.ants)])
