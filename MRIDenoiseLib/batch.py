@@ -47,6 +47,7 @@ def denoise_file(
         if extra is not None:
             refuse_same_path(input_path, extra)
             check_output_path(extra)
+    sigma_given = sigma is not None
     started = time.perf_counter()
     series = read_any_image(input_path)
     image = check_image(pick_volume(series, volume), str(input_path))
@@ -76,7 +77,8 @@ def denoise_file(
     if reporter is not None:
         for note in [*result.notes, *([sigma_note] if sigma_note else [])]:
             reporter.line(f"note: {note}")
-        reporter.line(f"estimated noise sigma: {result.sigma:.4g} ({result.sigma_percent:.2f}% of the robust maximum)")
+        source = "noise sigma (given)" if sigma_given else "estimated noise sigma"
+        reporter.line(f"{source}: {result.sigma:.4g} ({result.sigma_percent:.2f}% of the robust maximum)")
         timings = {"read": read_seconds, "model load": pipeline.load_seconds, **result.seconds,
                    "write": time.perf_counter() - started_write}
         reporter.line("time: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())

@@ -108,6 +108,13 @@ def test_4d_input_with_volume_option(tmp_path, tiny_weights):
     assert sitk.ReadImage(str(tmp_path / "out.nii.gz")).GetSize() == (44, 48, 40)
 
 
+def test_a_given_sigma_is_reported_as_given(tmp_path, tiny_weights, capsys):
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    assert main(["denoise", str(source), str(tmp_path / "out.nii.gz"), "--no-n4", "--sigma", "6",
+                 "--weights", str(tiny_weights)]) == 0
+    assert any(line.startswith("noise sigma (given): 6 (") for line in capsys.readouterr().out.splitlines())
+
+
 def test_4d_input_takes_its_noise_from_the_series(tmp_path, tiny_weights, capsys):
     series = textured_series()
     source = tmp_path / "series.nii.gz"
