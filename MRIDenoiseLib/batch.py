@@ -56,6 +56,7 @@ def denoise_file(
         raise InputError(f"{input_path}: too small for N4 ({' x '.join(map(str, image.GetSize()))}), so there is no "
                          "bias field to save: drop --save-bias")
     pipeline = pipeline or DenoisePipeline(weights=weights)
+    load_seconds_before = pipeline.load_seconds  # in a batch the model is loaded for the first scan only
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     sigma_note, series_seconds = None, 0.0
     if sigma is None and series.GetDimension() == 4:
@@ -79,7 +80,7 @@ def denoise_file(
             reporter.line(f"note: {note}")
         source = "noise sigma (given)" if sigma_given else "estimated noise sigma"
         reporter.line(f"{source}: {result.sigma:.4g} ({result.sigma_percent:.2f}% of the robust maximum)")
-        timings = {"read": read_seconds, "model load": pipeline.load_seconds, **result.seconds,
+        timings = {"read": read_seconds, "model load": pipeline.load_seconds - load_seconds_before, **result.seconds,
                    "write": time.perf_counter() - started_write}
         reporter.line("time: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
                       + f"; total {time.perf_counter() - started:.2f} s on {result.device}")

@@ -402,3 +402,15 @@ def test_a_batch_removes_what_a_killed_run_left_behind_but_not_a_write_in_progre
     assert summary["denoised"] == 1
     assert sorted(p.name for p in out.iterdir()) == [fresh.name, "a.nii.gz"]
     assert capsys.readouterr().out.splitlines()[0] == f"removed 1 temporary file(s) that a stopped run left in {out}"
+
+
+def test_a_batch_counts_the_model_load_once(tmp_path, tiny_weights, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for index in range(2):
+        write_volume(scans / f"s{index}.nii.gz", noisy_phantom(seed=index))
+    pipeline = DenoisePipeline(weights=tiny_weights)
+    assert denoise_batch(sorted(scans.iterdir()), tmp_path / "out", pipeline=pipeline, reporter=Reporter(quiet=False),
+                         bias_correction=False)["denoised"] == 2
+    times = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time:")]
+    assert f"model load {pipeline.load_seconds:.2f} s" in times[0] and "model load 0.00 s" in times[1]
