@@ -12,6 +12,7 @@ import gc
 import json
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         from .inference import Cancelled, DeviceUnavailable
         from .io import InputError
         from .model import WeightsError
-    previous_handler = signal.signal(signal.SIGTERM, _exit_on_terminate)
+    # Python lets only the main thread set handlers; called from another thread, SIGTERM stays as it is.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_terminate) if in_main_thread else None
     try:
         return args.run(args)
     except (InputError, WeightsError, DeviceUnavailable, FileNotFoundError) as error:
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mridenoise: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

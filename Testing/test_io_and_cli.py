@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -223,6 +224,16 @@ sys.exit(main(["denoise", {str(source)!r}, {str(tmp_path / "out.nii.gz")!r}, "--
 """
     assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
+
+
+def test_the_command_runs_from_a_thread_too(tmp_path, tiny_weights):
+    # Only the main thread may set the SIGTERM handler; from another, main() leaves it alone.
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(run([source, tmp_path / "out.nii.gz", "--no-n4"], tiny_weights)))
+    worker.start()
+    worker.join()
+    assert codes == [0] and (tmp_path / "out.nii.gz").is_file()
 
 
 def test_output_equal_to_input_is_refused(tmp_path, tiny_weights, capsys):
