@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_USAGE = 2
+PATCH_MULTIPLE = 16  # the bundled network's size multiple (fold 2, then three strides of 2)
 EXIT_CANCELLED = 130
 
 
@@ -111,17 +112,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_training_options(args: argparse.Namespace) -> None:
+    """Options that cannot make a run, refused before any scan is loaded."""
+    from .io import InputError
+
+    counts = {"--steps": args.steps, "--scans-per-step": args.scans_per_step, "--patches-per-scan": args.patches_per_scan,
+              "--checkpoint-every": args.checkpoint_every, "--validate-every": args.validate_every}
+    for option, value in counts.items():
+        if value < 1:
+            raise InputError(f"{option} must be at least 1, not {value}")
+    if args.lr <= 0:
+        raise InputError(f"--lr must be above 0, not {args.lr}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, not {args.workers}")
+    if args.patch < PATCH_MULTIPLE or args.patch % PATCH_MULTIPLE:
+        raise InputError(f"--patch must be a multiple of {PATCH_MULTIPLE} (the network halves it four times), not {args.patch}")
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
+    from .io import InputError
     from .model import DEFAULT_WEIGHTS, load_network
     from .training import distributed
     from .training.loop import TrainConfig, train_from_folder
 
+    _check_training_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     init = None
-    if args.warm_start:
+    if args.warm_start or args.init_weights:  # naming weights to start from is a warm start
         init = Path(args.init_weights) if args.init_weights else DEFAULT_WEIGHTS
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, patch=args.patch, seed=args.seed,
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
@@ -133,7 +153,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.correction_in_guide:
         config.network["correction_in_guide"] = True
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").open("a").close()
+    except OSError as error:
+        raise InputError(f"{out}: cannot write the run folder there ({error.strerror})") from None
 
     def log(record: dict) -> None:
         # Only rank 0 logs (see training.loop), so one process appends to log.jsonl.

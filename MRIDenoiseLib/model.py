@@ -44,10 +44,13 @@ def save_weights(network: DenoiserNet, path: Path | str) -> Path:
     state = {key: value.detach().to("cpu", torch.float16) for key, value in network.state_dict().items()}
     buffer = io.BytesIO()
     torch.save({"config": network.config.to_dict(), "state_dict": state}, buffer)
-    temporary = path.with_name(path.name + ".tmp")
+    # Both files are written first and renamed back to back, so a run stopped here leaves at most
+    # new weights beside the old checksum for an instant, never a half-written file.
+    temporary, temporary_sum = path.with_name(path.name + ".tmp"), checksum_path(path).with_suffix(".sha256.tmp")
     temporary.write_bytes(buffer.getvalue())
+    temporary_sum.write_text(f"{hashlib.sha256(buffer.getvalue()).hexdigest()}  {path.name}\n")
     os.replace(temporary, path)
-    checksum_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")
+    os.replace(temporary_sum, checksum_path(path))
     return path
 
 
@@ -63,7 +66,10 @@ def load_network(path: Path | str = DEFAULT_WEIGHTS) -> DenoiserNet:
     actual = sha256_of(path)
     if actual != expected:
         raise WeightsError(f"weights checksum mismatch for {path.name}: expected {expected[:12]}…, got {actual[:12]}… (damaged or replaced file)")
-    bundle = torch.load(path, map_location="cpu", weights_only=True)
-    network = DenoiserNet(NetworkConfig.from_dict(bundle["config"]))
-    network.load_state_dict({key: value.float() for key, value in bundle["state_dict"].items()})
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+        network = DenoiserNet(NetworkConfig.from_dict(bundle["config"]))
+        network.load_state_dict({key: value.float() for key, value in bundle["state_dict"].items()})
+    except Exception as error:  # its checksum matches, yet it is no weights file of this network
+        raise WeightsError(f"{path.name}: not a weights file of this network ({type(error).__name__})") from None
     return network.eval()

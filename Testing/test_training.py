@@ -1,12 +1,13 @@
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.cli import main
-from MRIDenoiseLib.model import load_network, sha256_of
+from MRIDenoiseLib.model import WeightsError, checksum_path, load_network, sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
 from MRIDenoiseLib.training.loop import (
@@ -182,3 +183,64 @@ def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
     assert [r["event"] for r in records][0] == "data"
     assert any(r["event"] == "validation" for r in records)
     assert sha256_of(tiny_weights) == before
+
+
+def _training_folder(tmp_path, count=2):
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(1, count + 1):
+        write_volume(data / f"IXI{index:03d}-HH-1_T1.nii.gz", phantom((36, 40, 32), index))
+    return data
+
+
+def _train(data, run, tiny_weights, *options):
+    return main(["train", str(data), str(run), "--steps", "2", "--patch", "16", "--checkpoint-every", "1",
+                 "--init-weights", str(tiny_weights), "--quiet", *map(str, options)])
+
+
+def test_a_few_broken_scans_are_skipped_and_recorded(tmp_path, tiny_weights):
+    data = _training_folder(tmp_path)
+    good = (data / "IXI001-HH-1_T1.nii.gz").read_bytes()
+    (data / "IXI003-HH-1_T1.nii.gz").write_bytes(good[: len(good) // 2])
+    with_nan = phantom((36, 40, 32), 4)
+    with_nan[3, 3, 3] = np.nan
+    write_volume(data / "IXI004-HH-1_T1.nii.gz", with_nan)
+    nib.save(nib.Nifti1Image(np.stack([phantom((36, 40, 32), 5)] * 2, axis=-1), np.eye(4)), data / "IXI005-HH-1_T1.nii.gz")
+    (data / "._IXI001-HH-1_T1.nii.gz").write_bytes(b"a macOS resource fork, not a scan")
+    assert _train(data, tmp_path / "run", tiny_weights) == 0
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["training_scans"] == ["IXI001-HH-1_T1.nii.gz", "IXI002-HH-1_T1.nii.gz"]
+    reasons = {entry["scan"]: entry["reason"] for entry in recorded["skipped_scans"]}
+    assert sorted(reasons) == ["IXI003-HH-1_T1.nii.gz", "IXI004-HH-1_T1.nii.gz", "IXI005-HH-1_T1.nii.gz"]
+    assert "not a readable scan" in reasons["IXI003-HH-1_T1.nii.gz"] and "NaN" in reasons["IXI004-HH-1_T1.nii.gz"]
+    assert "a 3-D volume" in reasons["IXI005-HH-1_T1.nii.gz"]
+
+
+@pytest.mark.parametrize("option", [("--patch", 24), ("--steps", 0), ("--lr", -1), ("--workers", -1), ("--checkpoint-every", 0)])
+def test_options_that_cannot_make_a_run_are_refused_before_loading(tmp_path, tiny_weights, capsys, option):
+    assert _train(tmp_path / "no data needed", tmp_path / "run", tiny_weights, *option) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and option[0] in error and not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_resumes_only_its_own_run(tmp_path, tiny_weights, capsys):
+    data, run = _training_folder(tmp_path), tmp_path / "run"
+    assert _train(data, run, tiny_weights) == 0
+    saved = (run / "config.json").read_text()
+    assert _train(data, run, tiny_weights, "--lr", "1e-2") == 2
+    assert "other settings (learning_rate 0.0005, not 0.01)" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == saved
+    (run / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes()[:1000])
+    assert _train(data, run, tiny_weights) == 2
+    assert "damaged" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert _train(data, tmp_path / "a_file", tiny_weights) == 2
+    assert "cannot write the run folder" in capsys.readouterr().err
+
+
+def test_a_weights_file_that_is_not_one_is_refused_in_one_line(tmp_path):
+    weights = tmp_path / "notes.pt"
+    weights.write_text("not weights")
+    checksum_path(weights).write_text(f"{sha256_of(weights)}  notes.pt\n")
+    with pytest.raises(WeightsError, match="not a weights file of this network"):
+        load_network(weights)

@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
+from ..input_checks import InputError, check_voxels
 from ..mask import head_mask
 from .degradations import NormaliseIntensityd, RandContrastRemapd, RandLesionsd, RandRicianNoised, RandThickSlicesd
 
@@ -38,6 +40,7 @@ VALIDATION_NAMES = ("colin27",)
 TRAINING_VOXEL_MM = 1.0
 REGION_VOXELS = 128
 FINE_SCAN_SHARE = 0.25
+MIN_SCAN_VOXELS = 16  # one patch of the network's size multiple: thinner scans are not trained on
 
 
 def is_validation(file_name: str) -> bool:
@@ -49,7 +52,9 @@ def is_validation(file_name: str) -> bool:
 
 
 def scan_paths(data_dir: Path | str) -> list[Path]:
-    return sorted(Path(data_dir).rglob("*.nii*"))
+    """The NIfTI files under ``data_dir``; hidden files (``._scan.nii.gz`` from macOS, say) are not scans."""
+    return sorted(p for p in Path(data_dir).rglob("*")
+                  if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
 
 
 def split(data_dir: Path | str) -> tuple[list[Path], list[Path]]:
@@ -83,9 +88,23 @@ def training_zoom(spacing) -> np.ndarray | None:
 
 
 def load_scan(path: Path | str) -> Scan:
-    """Load as closest-canonical orientation; voxels finer than 1 mm are resampled to 1 mm."""
-    image = nib.as_closest_canonical(nib.load(str(path)))
-    volume = np.asarray(image.dataobj, dtype=np.float32)
+    """Load as closest-canonical orientation; voxels finer than 1 mm are resampled to 1 mm.
+
+    Raises InputError, naming the file, for what cannot be trained on: unreadable, not one 3-D
+    volume, thinner than MIN_SCAN_VOXELS along an axis, or voxels ``check_voxels`` refuses.
+    """
+    try:
+        image = nib.load(str(path))
+        if len(image.shape) != 3 or min(image.shape) < MIN_SCAN_VOXELS:
+            raise InputError(f"{path}: a 3-D volume of at least {MIN_SCAN_VOXELS} voxels along every axis is needed, "
+                             f"not {' x '.join(map(str, image.shape))}")
+        image = nib.as_closest_canonical(image)
+        volume = np.asarray(image.dataobj, dtype=np.float32)
+    except InputError:
+        raise
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise InputError(f"{path}: not a readable scan ({type(error).__name__}: {str(error).strip()[:120]})") from None
+    check_voxels(volume, str(path))
     spacing = np.array(image.header.get_zooms()[:3], dtype=float)
     zoom = training_zoom(spacing)
     if zoom is not None:
@@ -93,6 +112,18 @@ def load_scan(path: Path | str) -> Scan:
         spacing = spacing / zoom
     volume = np.clip(volume, 0, None) / max(float(volume.max()), 1e-6)
     return Scan(volume[None], head_mask(volume)[None], tuple(float(s) for s in spacing))
+
+
+def load_scans(paths: list[Path], skipped: Callable[[Path, str], None]) -> list[Scan]:
+    """The scans of ``paths`` that can be trained on; ``skipped(path, reason)`` hears of the others,
+    so that a few broken files in a large archive do not end the run."""
+    scans = []
+    for path in paths:
+        try:
+            scans.append(load_scan(path))
+        except InputError as error:
+            skipped(path, str(error))
+    return scans
 
 
 def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False) -> Compose:

@@ -29,11 +29,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..inference import denoise_volume
+from ..input_checks import InputError
 from ..metrics import psnr
 from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
 from . import distributed
-from .data import PatchSampler, Scan, degradation, load_scan, split
+from .data import PatchSampler, Scan, degradation, load_scans, split
 from .real_noise import RealPair, epi_pair, harm_ratio
 
 CHECKPOINT = "checkpoint.pt"
@@ -249,7 +250,10 @@ def train(
     start, best = 0, (False, -float("inf"))
     checkpoint = out_dir / CHECKPOINT
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=False)
+        except Exception as error:  # a truncated or foreign file: torch raises many types
+            raise InputError(f"{checkpoint}: damaged ({type(error).__name__}); remove it to start the run over") from None
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -292,20 +296,57 @@ def train(
     return network.cpu()
 
 
+# What a resumed run may change: how it is watched and fed, not what it learns.
+RESUMABLE_CHANGES = {"workers", "checkpoint_every", "validate_every", "skipped_scans"}
+
+
+def refuse_a_changed_run(saved: dict, asked: dict) -> None:
+    """A run folder resumes the run it holds: other options or other scans would mix two runs.
+
+    >>> refuse_a_changed_run({"steps": 800, "workers": 0}, {"steps": 800, "workers": 4})
+    >>> refuse_a_changed_run({"steps": 800, "lesions": True}, {"steps": 1600, "lesions": True})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    MRIDenoiseLib.input_checks.InputError: this run folder holds a run with other settings (steps 800, not 1600); ...
+    """
+    changed = [f"{key} {saved.get(key)}, not {asked[key]}" if key not in ("training_scans", "validation_scans")
+               else f"other {key.replace('_', ' ')}"
+               for key in asked if key not in RESUMABLE_CHANGES and saved.get(key) != asked[key]]
+    if changed:
+        raise InputError(f"this run folder holds a run with other settings ({'; '.join(changed)}); use a new run folder "
+                         "(--init-weights its best.pt to start from it)")
+
+
 def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print, device: str = "cpu") -> DenoiserNet:
     """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on."""
     training_paths, validation_paths = split(data_dir)
     if not training_paths:
         raise FileNotFoundError(f"no NIfTI scans under {data_dir}")
-    scans = [load_scan(p) for p in training_paths]
+    skipped: list[dict] = []
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append({"scan": path.name, "reason": reason})
+        if distributed.is_main_process():  # every rank loads the scans; one logs
+            log({"event": "skipped", "scan": path.name, "reason": reason})
+
+    scans = load_scans(training_paths, skip)
+    if not scans:
+        raise InputError(f"no usable scans under {data_dir}: all {len(training_paths)} training scans were skipped")
     validation = None
     if distributed.is_main_process():
-        log({"event": "data", "training": len(training_paths), "validation": [p.name for p in validation_paths]})
-        if validation_paths:
-            validation = make_validation_cases([load_scan(p) for p in validation_paths], config.validation_cases)
+        validation_scans = load_scans(validation_paths, skip)
+        used = {scan["scan"] for scan in skipped}
+        log({"event": "data", "training": len(scans), "validation": [p.name for p in validation_paths if p.name not in used],
+             "skipped": len(skipped)})
+        if validation_scans:
+            validation = make_validation_cases(validation_scans, config.validation_cases)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(out_dir) / "config.json", "w") as stream:
-            json.dump({**asdict(config), "training_scans": [p.name for p in training_paths],
-                       "validation_scans": [p.name for p in validation_paths]}, stream, indent=1)
+        record = {**asdict(config), "training_scans": [p.name for p in training_paths if p.name not in used],
+                  "validation_scans": [p.name for p in validation_paths if p.name not in used], "skipped_scans": skipped}
+        config_path = Path(out_dir) / "config.json"
+        if (Path(out_dir) / CHECKPOINT).is_file() and config_path.is_file():
+            refuse_a_changed_run(json.loads(config_path.read_text()), json.loads(json.dumps(record)))  # tuples as lists
+        else:
+            config_path.write_text(json.dumps(record, indent=1))
     return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device,
                  real_pair=epi_pair() if validation else None)
