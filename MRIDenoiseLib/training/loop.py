@@ -336,13 +336,13 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
     if distributed.is_main_process():
         validation_scans = load_scans(validation_paths, skip)
         skipped_names = {scan["scan"] for scan in skipped}
-        log({"event": "data", "training": len(scans), "validation": [p.name for p in validation_paths if p.name not in skipped_names],
-             "skipped": len(skipped)})
+        kept = [p.name for p in validation_paths if p.name not in skipped_names]
+        log({"event": "data", "training": len(scans), "validation": kept, "skipped": len(skipped)})
         if validation_scans:
             validation = make_validation_cases(validation_scans, config.validation_cases)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         record = {**asdict(config), "training_scans": [p.name for p in training_paths if p.name not in skipped_names],
-                  "validation_scans": [p.name for p in validation_paths if p.name not in skipped_names], "skipped_scans": skipped}
+                  "validation_scans": kept, "skipped_scans": skipped}
         config_path = Path(out_dir) / "config.json"
         if (Path(out_dir) / CHECKPOINT).is_file() and config_path.is_file():
             refuse_a_changed_run(json.loads(config_path.read_text()), json.loads(json.dumps(record)))  # tuples as lists
