@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_USAGE = 2
-PATCH_MULTIPLE = 16  # the bundled network's size multiple (fold 2, then three strides of 2)
 EXIT_CANCELLED = 130
 
 
@@ -113,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_training_options(args: argparse.Namespace) -> None:
-    """Options that cannot make a run, refused before any scan is loaded."""
+    """Options that cannot make a run, refused before anything is loaded (the patch size, once the network is known)."""
     from .io import InputError
 
     counts = {"--steps": args.steps, "--scans-per-step": args.scans_per_step, "--patches-per-scan": args.patches_per_scan,
@@ -125,8 +124,6 @@ def _check_training_options(args: argparse.Namespace) -> None:
         raise InputError(f"--lr must be above 0, not {args.lr}")
     if args.workers < 0:
         raise InputError(f"--workers must be 0 or more, not {args.workers}")
-    if args.patch < PATCH_MULTIPLE or args.patch % PATCH_MULTIPLE:
-        raise InputError(f"--patch must be a multiple of {PATCH_MULTIPLE} (the network halves it four times), not {args.patch}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -134,6 +131,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .io import InputError
     from .model import DEFAULT_WEIGHTS, load_network
+    from .network import NetworkConfig
     from .training import distributed
     from .training.loop import TrainConfig, train_from_folder
 
@@ -152,6 +150,9 @@ def _train(args: argparse.Namespace) -> int:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
         config.network["correction_in_guide"] = True
+    multiple = NetworkConfig.from_dict(config.network).size_multiple
+    if args.patch < multiple or args.patch % multiple:
+        raise InputError(f"--patch must be a multiple of {multiple} (the network's size multiple), not {args.patch}")
     out = Path(args.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

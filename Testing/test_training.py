@@ -216,7 +216,7 @@ def test_a_few_broken_scans_are_skipped_and_recorded(tmp_path, tiny_weights):
     assert "a 3-D volume" in reasons["IXI005-HH-1_T1.nii.gz"]
 
 
-@pytest.mark.parametrize("option", [("--patch", 24), ("--steps", 0), ("--lr", -1), ("--workers", -1), ("--checkpoint-every", 0)])
+@pytest.mark.parametrize("option", [("--patch", 20), ("--steps", 0), ("--lr", -1), ("--workers", -1), ("--checkpoint-every", 0)])
 def test_options_that_cannot_make_a_run_are_refused_before_loading(tmp_path, tiny_weights, capsys, option):
     assert _train(tmp_path / "no data needed", tmp_path / "run", tiny_weights, *option) == 2
     error = capsys.readouterr().err.strip()
