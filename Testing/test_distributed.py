@@ -47,9 +47,10 @@ def _config() -> TrainConfig:
 
 
 def _cli_args(data: Path, run: Path, weights: Path) -> list[str]:
+    """The command's ranks share the preparation of one scan cache (the reference loads scans into memory)."""
     return ["train", str(data), str(run), "--steps", str(STEPS), "--patch", str(PATCH), "--validate-every", "2",
             "--checkpoint-every", "2", "--warm-start", "--init-weights", str(weights), "--device", "cpu",
-            "--threads", "1", "--quiet"]
+            "--threads", "1", "--quiet", "--scan-cache", str(run.parent / "scan_cache")]
 
 
 def _ranks_main(data: Path, out: Path, weights: Path) -> None:
@@ -129,6 +130,7 @@ def test_two_ranks_train_as_one_process_on_both_ranks_batches(tmp_path, tiny_wei
     assert [r["step"] for r in records if r["event"] == "checkpoint"] == [2, 4]
     assert [r["step"] for r in records if r["event"] == "validation"] == [0, 2, 4]
     assert load_network(tmp_path / "ranks/command/best.pt").config == TINY_NETWORK
+    assert len(list((tmp_path / "ranks/scan_cache").glob("*.json"))) == 4  # three training scans, one validation
     assert [r["event"] for r in _records(tmp_path / "ranks/resumed_log_rank0.jsonl")].count("resumed") == 1
     assert not (tmp_path / "ranks/resumed_log_rank1.jsonl").exists()
 
@@ -170,6 +172,7 @@ def test_train_sbatch_starts_torchrun_on_every_node_and_requeues_before_the_time
     # The requeued job runs this same command on the same run folder: train resumes from its checkpoint.
     options = build_parser().parse_args(arguments[command + 1:])
     assert (options.data_dir, options.out_dir, options.steps, options.device) == ("/data", "/runs/v2", 20000, "cuda")
+    assert options.scan_cache == "/runs/v2/scan_cache"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -73,6 +74,14 @@ class Scan:
 
     def as_sample(self) -> dict:
         return {"target": self.volume, "mask": self.mask, "spacing": self.spacing}
+
+
+class TrainingScan(Protocol):
+    """What batches are drawn from: a ``Scan`` in memory, or a ``scan_cache.CachedScan`` on disk."""
+
+    spacing: tuple[float, float, float]
+
+    def as_sample(self) -> dict: ...
 
 
 def training_zoom(spacing) -> np.ndarray | None:
@@ -164,7 +173,7 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesio
     )
 
 
-def sampling_probabilities(scans: list[Scan], fine_share: float = FINE_SCAN_SHARE) -> np.ndarray:
+def sampling_probabilities(scans: list[TrainingScan], fine_share: float = FINE_SCAN_SHARE) -> np.ndarray:
     """Scans with voxels of 1.2 mm or finer are few but drawn ``fine_share`` of the time.
 
     >>> fine = Scan(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2), bool), (1.0, 1.0, 1.0))
@@ -184,8 +193,8 @@ def sampling_probabilities(scans: list[Scan], fine_share: float = FINE_SCAN_SHAR
 class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
-    def __init__(self, scans: list[Scan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2, seed: int = 0,
-                 smoothing: bool = True, lesions: bool = False):
+    def __init__(self, scans: list[TrainingScan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2,
+                 seed: int = 0, smoothing: bool = True, lesions: bool = False):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step

@@ -34,8 +34,9 @@ from ..metrics import psnr
 from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
 from . import distributed
-from .data import PatchSampler, Scan, degradation, load_scans, split
+from .data import PatchSampler, TrainingScan, degradation, load_scans, split
 from .real_noise import RealPair, epi_pair, harm_ratio
+from .scan_cache import prepared_scans
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
@@ -104,7 +105,7 @@ def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.03) -> float
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def make_validation_cases(scans: list[Scan], count: int, seed: int = 1234) -> list[dict]:
+def make_validation_cases(scans: list[TrainingScan], count: int, seed: int = 1234) -> list[dict]:
     """Fixed degraded whole volumes from held-out scans: same contrasts, bias and noise every time."""
     chain = degradation(patch=16, patches_per_scan=1).transforms[1:-2]
     cases = []
@@ -214,7 +215,7 @@ def _discard(record: dict) -> None:
 def train(
     config: TrainConfig,
     out_dir: Path | str,
-    training_scans: list[Scan],
+    training_scans: list[TrainingScan],
     validation_cases: list[dict] | None = None,
     init_weights: Path | None = None,
     resume: bool = True,
@@ -317,8 +318,13 @@ def refuse_a_changed_run(saved: dict, asked: dict) -> None:
                          "(--init-weights its best.pt to start from it)")
 
 
-def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print, device: str = "cpu") -> DenoiserNet:
-    """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on."""
+def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print,
+                      device: str = "cpu", scan_cache: Path | str | None = None) -> DenoiserNet:
+    """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on.
+
+    With ``scan_cache``, scans are prepared there once (the ranks of a torchrun job share the work)
+    and memory-mapped, not loaded into each process's memory (``scan_cache.prepared_scans``).
+    """
     training_paths, validation_paths = split(data_dir)
     if not training_paths:
         raise FileNotFoundError(f"no NIfTI scans under {data_dir}")
@@ -329,12 +335,17 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
         if distributed.is_main_process():  # every rank loads the scans; one logs
             log({"event": "skipped", "scan": path.name, "reason": reason})
 
-    scans = load_scans(training_paths, skip)
+    def load(paths: list[Path], rank: int = 0, world_size: int = 1) -> list[TrainingScan]:
+        if scan_cache is None:
+            return load_scans(paths, skip)
+        return prepared_scans(paths, scan_cache, skip, rank, world_size)
+
+    scans = load(training_paths, distributed.rank(), distributed.world_size())
     if not scans:
         raise InputError(f"no usable scans under {data_dir}: all {len(training_paths)} training scans were skipped")
     validation = None
     if distributed.is_main_process():
-        validation_scans = load_scans(validation_paths, skip)
+        validation_scans = load(validation_paths)
         skipped_names = {scan["scan"] for scan in skipped}
         kept = [p.name for p in validation_paths if p.name not in skipped_names]
         log({"event": "data", "training": len(scans), "validation": kept, "skipped": len(skipped)})

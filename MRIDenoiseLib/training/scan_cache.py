@@ -1,0 +1,141 @@
+"""Training scans prepared once into a folder and memory-mapped: restarts in seconds, and the
+processes of a node share one copy of the scans in the page cache instead of holding one each.
+
+``load_scan`` (canonical orientation, resampling to 1 mm, head mask) takes about 0.25 s per 2 mm
+scan and 2 s per 1 mm one, and every training process holds its result in RAM (about 8 and 43 MB).
+Over an archive of thousands of scans that is most of an hour and tens of GB per process at every
+start and restart. Here each scan is prepared once into ``<key>.volume.npy`` and ``<key>.mask.npy``
+beside ``<key>.json`` (its voxel size and source); the key changes when the file changes. Files are
+written under temporary names and renamed into place, the JSON last, so processes sharing the
+folder (the ranks of a torchrun job, a killed job and its requeued successor) never read half an
+entry. Scans that cannot be trained on are not cached: each start tries them again.
+
+>>> import tempfile, nibabel as nib
+>>> folder = Path(tempfile.mkdtemp())
+>>> nib.save(nib.Nifti1Image(np.arange(16.0**3).reshape(16, 16, 16), np.diag([2, 2, 2, 1])), folder / "scan.nii")
+>>> cached = prepared_scans([folder / "scan.nii"], folder / "cache", skipped=print)
+>>> cached[0].spacing, cached[0].as_sample()["target"].shape
+((2.0, 2.0, 2.0), (1, 16, 16, 16))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..input_checks import InputError
+from .data import load_scan
+
+# Part of every key: raise it when load_scan's preparation changes, so old entries are not used.
+PREPARATION_VERSION = 1
+STALE_AFTER_SECONDS = 3600  # far beyond any one write, so another process's write in progress is left alone
+
+
+@dataclass(frozen=True)
+class CachedScan:
+    """A prepared scan; its arrays are memory-mapped (copy-on-write) each time a batch draws it,
+    so sending one to a worker process sends two file names, not the volume."""
+
+    volume_file: Path
+    mask_file: Path
+    spacing: tuple[float, float, float]
+
+    def as_sample(self) -> dict:
+        return {"target": np.load(self.volume_file, mmap_mode="c"), "mask": np.load(self.mask_file, mmap_mode="c"),
+                "spacing": self.spacing}
+
+
+def entry_key(path: Path) -> str:
+    """Names the prepared copy of ``path`` as it is now: a new key when the file is replaced or edited."""
+    status = path.stat()
+    identity = f"{PREPARATION_VERSION}|{path.resolve()}|{status.st_size}|{status.st_mtime_ns}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def _write_into_place(destination: Path, content: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, destination)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _prepare(path: Path, cache_dir: Path) -> CachedScan:
+    """The prepared copy of ``path``, made now unless it is there; InputError if it cannot be trained on."""
+    try:
+        key = entry_key(path)
+    except OSError as error:  # gone or unreadable since the folder was listed
+        raise InputError(f"{path}: not a readable scan ({error.strerror})") from None
+    volume_file, mask_file, record = (cache_dir / f"{key}.{part}" for part in ("volume.npy", "mask.npy", "json"))
+    if not record.is_file():
+        scan = load_scan(path)
+        _write_into_place(volume_file, _npy_bytes(scan.volume))
+        _write_into_place(mask_file, _npy_bytes(scan.mask))
+        _write_into_place(record, json.dumps({"source": str(path), "spacing": list(scan.spacing)}).encode())
+    spacing = json.loads(record.read_text())["spacing"]
+    return CachedScan(volume_file, mask_file, tuple(float(s) for s in spacing))
+
+
+def remove_stale_temporaries(cache_dir: Path) -> int:
+    """Remove what killed preparations left (untouched for STALE_AFTER_SECONDS); returns how many."""
+    now, removed = time.time(), 0
+    for leftover in cache_dir.glob(".*.tmp"):
+        if leftover.is_file() and now - leftover.stat().st_mtime > STALE_AFTER_SECONDS:
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Rank r prepares every world_size-th scan from the r-th, then any of the others: a rank done
+    early takes over what is still missing instead of waiting, and a cache on each node's own disk
+    is filled by that node's ranks alone. No rank ever waits for another.
+
+    >>> preparation_order(5, rank=1, world_size=2)
+    [1, 3, 0, 2, 4]
+    """
+    return [*range(rank, count, world_size), *(i for i in range(count) if i % world_size != rank)]
+
+
+def prepared_scans(paths: list[Path], cache_dir: Path | str, skipped: Callable[[Path, str], None],
+                   rank: int = 0, world_size: int = 1) -> list[CachedScan]:
+    """The scans of ``paths`` that can be trained on, in order, prepared in ``cache_dir`` where they
+    are not yet; ``skipped(path, reason)`` hears of the others, in order (as ``load_scans``)."""
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(cache_dir)
+    except OSError as error:
+        raise InputError(f"{cache_dir}: cannot keep the scan cache there ({error.strerror})") from None
+    prepared: dict[int, CachedScan | str] = {}
+    for index in preparation_order(len(paths), rank, world_size):
+        try:
+            prepared[index] = _prepare(paths[index], cache_dir)
+        except InputError as error:
+            prepared[index] = str(error)
+        except OSError as error:  # the cache's disk full or not writable: every later scan would fail too
+            raise InputError(f"{cache_dir}: cannot write the scan cache ({error.strerror})") from None
+    scans = []
+    for index, path in enumerate(paths):
+        if isinstance(prepared[index], str):
+            skipped(path, prepared[index])
+        else:
+            scans.append(prepared[index])
+    return scans
