@@ -1,8 +1,11 @@
 """``mridenoise denoise LIST OUT --shard INDEX/COUNT``: the tasks of a job array split a batch."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,45 @@ def test_array_sbatch_with_a_step_covers_every_scan_once(tmp_path, listing, tiny
 def test_array_sbatch_outside_an_array_says_so(tmp_path, listing, tiny_weights):
     task = array_task(listing, tmp_path / "out", tiny_weights)
     assert task.returncode != 0 and "submit this script as a job array" in task.stderr
+
+
+def _array_task_with_stand_ins(tmp_path, mridenoise_body: str) -> subprocess.Popen:
+    """Task 2 of array job 77 (--array=0-3), with stand-ins for ``mridenoise`` and ``scontrol``."""
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    bodies = {"mridenoise": mridenoise_body, "scontrol": f'printf "%s\\n" "$@" > "{tmp_path}/scontrol"'}
+    for name, body in bodies.items():
+        (fakes / name).write_text(f"#!/bin/bash\n{body}\n")
+        (fakes / name).chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77",
+                   "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4"}
+    with open(tmp_path / "task.out", "w") as log:  # not a pipe: the stand-in's sleep would hold it open
+        return subprocess.Popen(["bash", str(ARRAY_SBATCH), "scans.txt", "out"], env=environment, stdout=log,
+                                start_new_session=True)
+
+
+def test_array_sbatch_requeues_its_task_before_the_time_limit(tmp_path):
+    assert "#SBATCH --signal=B:USR1@60\n" in ARRAY_SBATCH.read_text()
+    started = tmp_path / "started"
+    task = _array_task_with_stand_ins(tmp_path, f'touch "{started}"; exec sleep 20')
+    try:
+        deadline = time.monotonic() + 10
+        while not started.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        task.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@60 does a minute before the limit
+        task.wait(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(task.pid, signal.SIGKILL)
+    assert (tmp_path / "scontrol").read_text().split() == ["requeue", "77_2"]
+    assert "requeueing task 77_2" in (tmp_path / "task.out").read_text()
+
+
+def test_array_sbatch_ends_with_the_exit_code_of_mridenoise(tmp_path):
+    task = _array_task_with_stand_ins(tmp_path, 'echo "$@"; exit 2')  # a scan of the shard failed
+    assert task.wait(timeout=10) == 2
+    assert (tmp_path / "task.out").read_text().split() == ["denoise", "scans.txt", "out", "--shard", "2/4"]
+    assert not (tmp_path / "scontrol").exists()
 
 
 def test_shards_of_a_list_whose_outputs_would_collide_are_refused(tmp_path, tiny_weights, capsys):
