@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -188,15 +190,22 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
     if removed and reporter is not None:
         reporter.line(f"removed {len(removed)} temporary file(s) that a stopped run left in {output_dir}")
     pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
-    summary = {"denoised": 0, "skipped": 0, "failed": []}
+    summary = {"denoised": 0, "skipped": 0, "claimed": 0, "failed": []}
     for number, scan in enumerate(inputs, start=1):
         target = output_dir / output_name(scan)
         if target.exists():
             summary["skipped"] += 1
             continue
+        claim = claim_scan(target)
+        if claim is None:
+            summary["claimed"] += 1
+            continue
         if reporter is not None:
             reporter.line(f"[{number}/{len(inputs)}] {scan}")
         try:
+            if target.exists():  # another process finished it between the check and the claim
+                summary["skipped"] += 1
+                continue
             denoise_file(scan, target, pipeline=pipeline, reporter=reporter, **options)
             summary["denoised"] += 1
         except InputError as error:
@@ -206,7 +215,34 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
         except Exception as error:  # one odd scan (say, a library's error on it) must not end a night's batch
             message = str(error).strip().splitlines()
             summary["failed"].append(f"{scan}: {type(error).__name__}" + (f": {message[0]}" if message else ""))
+        finally:
+            claim.unlink(missing_ok=True)
     return summary
+
+
+def claim_scan(target: Path) -> Path | None:
+    """Claim the output ``target`` for this process: the hidden file ``.<name>.claim`` beside it,
+    created only if no other process holds it. Returns the claim (remove it when done), or None
+    when another process is at work on this scan: batches started twice on one folder, or several
+    unsharded processes on one list, share out the scans instead of doing each twice. A claim
+    untouched for STALE_AFTER_SECONDS is from a process that was killed, and is taken over.
+    """
+    claim = target.with_name(f".{target.name}.claim")
+    for _ in range(2):
+        try:
+            handle = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - claim.stat().st_mtime <= STALE_AFTER_SECONDS:
+                    return None
+            except FileNotFoundError:  # its holder just finished
+                continue
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as stream:
+            stream.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return claim
+    return None
 
 
 def refuse_shared_output_names(inputs: list[Path]) -> None:

@@ -85,7 +85,8 @@ def _denoise(args: argparse.Namespace) -> int:
     summary = denoise_batch(inputs, args.output, reporter=reporter, **options)
     for failure in summary["failed"]:
         print(f"mridenoise: error: {failure}", file=sys.stderr)
-    reporter.line(f"denoised {summary['denoised']}, skipped {summary['skipped']} already done, "
+    claimed = f", {summary['claimed']} being denoised by another process" if summary["claimed"] else ""
+    reporter.line(f"denoised {summary['denoised']}, skipped {summary['skipped']} already done{claimed}, "
                   f"failed {len(summary['failed'])}; outputs in {args.output}")
     return EXIT_USAGE if summary["failed"] else 0
 

@@ -1,5 +1,6 @@
 """The command end to end on files: geometry kept, formats, atomic writes, every bad input refused."""
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
 from MRIDenoiseLib.cli import Reporter, main
-from MRIDenoiseLib.batch import denoise_batch
+from MRIDenoiseLib.batch import claim_scan, denoise_batch
 from MRIDenoiseLib.io import InputError, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
@@ -425,3 +426,52 @@ def test_a_batch_counts_the_model_load_once(tmp_path, tiny_weights, capsys):
                          bias_correction=False)["denoised"] == 2
     times = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time:")]
     assert f"model load {pipeline.load_seconds:.2f} s" in times[0] and "model load 0.00 s" in times[1]
+
+
+class Slow:
+    """A pipeline that takes its time, so that two batches on one folder overlap."""
+
+    load_seconds = 0.0
+
+    def __init__(self, pipeline: DenoisePipeline):
+        self.pipeline = pipeline
+
+    def run(self, *args, **kwargs):
+        time.sleep(0.3)
+        return self.pipeline.run(*args, **kwargs)
+
+
+def test_two_batches_on_one_folder_share_out_the_scans(tmp_path, tiny_weights):
+    scans = [write_volume(tmp_path / f"s{index}.nii.gz", noisy_phantom(seed=index)) for index in range(4)]
+    out, pipeline = tmp_path / "out", Slow(DenoisePipeline(weights=tiny_weights))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda _: denoise_batch(scans, out, pipeline=pipeline, bias_correction=False), range(2)))
+    assert sum(summary["denoised"] for summary in summaries) == 4  # each scan once
+    assert all(summary["claimed"] >= 1 and not summary["failed"] for summary in summaries)
+    assert sorted(p.name for p in out.iterdir()) == [scan.name for scan in scans]  # no claim left
+
+
+def test_a_scan_another_process_holds_is_left_to_it_unless_its_claim_is_stale(tmp_path, tiny_weights, capsys):
+    for index in range(2):
+        write_volume(tmp_path / f"s{index}.nii.gz", noisy_phantom(seed=index))
+    out = tmp_path / "out"
+    out.mkdir()
+    held, stale = out / ".s0.nii.gz.claim", out / ".s1.nii.gz.claim"
+    held.write_text("node07 4242\n")
+    stale.write_text("node08 99\n")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    (tmp_path / "list.txt").write_text("s0.nii.gz\ns1.nii.gz\n")
+    assert main(["denoise", str(tmp_path / "list.txt"), str(out), "--no-n4", "--weights", str(tiny_weights)]) == 0
+    assert "denoised 1, skipped 0 already done, 1 being denoised by another process, failed 0" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [held.name, "s1.nii.gz"]
+    assert held.read_text() == "node07 4242\n"
+
+
+def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
+    target = tmp_path / "a.nii.gz"
+    claim = claim_scan(target)
+    assert claim == tmp_path / ".a.nii.gz.claim" and claim_scan(target) is None
+    two_hours_ago = time.time() - 7200
+    os.utime(claim, (two_hours_ago, two_hours_ago))
+    assert claim_scan(target) == claim and time.time() - claim.stat().st_mtime < 60
