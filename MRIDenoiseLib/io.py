@@ -170,10 +170,11 @@ def check_output_path(path: Path | str) -> None:
         raise InputError(f"{path}: .mhd and .nhdr keep the voxels in a second file; write .mha or .nrrd")
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The permissions a new file gets under the process's umask (mkstemp's are always 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_image(image: sitk.Image, path: Path | str) -> None:
@@ -201,8 +202,7 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
                 raise InputError(f"{path}: cannot write this format (use .nii.gz, .nii, .nrrd or .mha)") from None
             with open(temporary, "rb+") as written:  # on disk before it is renamed into place (a lost node)
                 os.fsync(written.fileno())
-        # mkstemp makes its files private (0600); an output gets the permissions any new file would.
-        mode = 0o666 & ~_umask()
+        mode = new_file_mode()
         for temporary, path in staged:
             os.chmod(temporary, mode)
             os.replace(temporary, path)

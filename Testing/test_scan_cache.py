@@ -78,10 +78,47 @@ def test_a_second_start_reads_the_cache_and_a_changed_scan_is_prepared_again(tmp
 def test_each_rank_prepares_its_share_first_then_what_is_missing(tmp_path, loads):
     paths = _folder(tmp_path, count=4)
     second_rank = scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips, rank=1, world_size=2)
-    assert loads == [paths[1], paths[3], paths[0], paths[2]]
+    assert loads == [paths[1], paths[3], paths[2], paths[0]]
     first_rank = scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips, rank=0, world_size=2)
     assert first_rank == second_rank and len(loads) == 4
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json"] * 4 + [".npy"] * 8
+
+
+def test_an_entry_damaged_after_it_was_written_is_prepared_again(tmp_path, loads):
+    paths = _folder(tmp_path, count=4)
+    first = scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips)
+    volume_file = first[0].volume_file
+    volume_file.write_bytes(volume_file.read_bytes()[:1000])  # truncated (a lost node, a full disk, a hand)
+    first[1].mask_file.unlink()
+    record = first[2].volume_file.with_name(first[2].volume_file.name.replace(".volume.npy", ".json"))
+    record.write_text("")
+    again = scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips)
+    assert again == first and loads == [*paths, *paths[:3]]
+    for scan, path in zip(again, paths):
+        assert np.array_equal(scan.as_sample()["target"], load_scan(path).volume)
+
+
+def test_a_scan_replaced_by_a_copy_with_its_size_and_times_is_prepared_again(tmp_path, loads):
+    scan = write_volume(tmp_path / "IXI001-HH-1_T1.nii", phantom((36, 40, 32), 1))  # uncompressed: sizes match
+    first = scan_cache.prepared_scans([scan], tmp_path / "cache", _no_skips)
+    status = scan.stat()
+    replacement = write_volume(tmp_path / "replacement.nii", phantom((36, 40, 32), 2))
+    assert replacement.stat().st_size == status.st_size
+    os.utime(replacement, ns=(status.st_atime_ns, status.st_mtime_ns))  # as cp -p or tar would
+    os.replace(replacement, scan)
+    again = scan_cache.prepared_scans([scan], tmp_path / "cache", _no_skips)
+    assert again != first and len(loads) == 2
+    assert np.array_equal(again[0].as_sample()["target"], load_scan(scan).volume)
+
+
+def test_entries_get_the_permissions_of_any_new_file(tmp_path):
+    paths = _folder(tmp_path, count=1)
+    previous = os.umask(0o002)  # a lab group sharing one cache
+    try:
+        scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips)
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "cache").iterdir()} == {"0o664"}
 
 
 def test_broken_scans_are_skipped_at_every_start_and_never_cached(tmp_path, loads):
@@ -118,5 +155,5 @@ def test_a_cache_that_cannot_be_written_is_refused_in_one_line(tmp_path, monkeyp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(scan_cache, "_write_into_place", disk_full)
-    with pytest.raises(InputError, match="cannot write the scan cache .No space left on device."):
+    with pytest.raises(InputError, match="cannot use the scan cache .No space left on device."):
         scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips)

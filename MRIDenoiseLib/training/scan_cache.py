@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_checks import InputError
+from ..io import new_file_mode
 from .data import load_scan
 
 # Part of every key: raise it when load_scan's preparation changes, so old entries are not used.
@@ -55,9 +56,10 @@ class CachedScan:
 
 
 def entry_key(path: Path) -> str:
-    """Names the prepared copy of ``path`` as it is now: a new key when the file is replaced or edited."""
+    """Names the prepared copy of ``path`` as it is now: a new key when the file is replaced or
+    edited (the change time too, as a copy that keeps size and modification time still changes it)."""
     status = path.stat()
-    identity = f"{PREPARATION_VERSION}|{path.resolve()}|{status.st_size}|{status.st_mtime_ns}"
+    identity = f"{PREPARATION_VERSION}|{path.resolve()}|{status.st_size}|{status.st_mtime_ns}|{status.st_ctime_ns}"
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
@@ -66,6 +68,9 @@ def _write_into_place(destination: Path, content: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())  # whole on disk before it is renamed into place (a lost node)
+        os.chmod(temporary, new_file_mode())  # readable by the others who share the cache, as the umask allows
         os.replace(temporary, destination)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -77,19 +82,41 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _entry_files(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
+    return cache_dir / f"{key}.volume.npy", cache_dir / f"{key}.mask.npy", cache_dir / f"{key}.json"
+
+
+def _whole_entry(volume_file: Path, mask_file: Path, record: Path) -> tuple[float, float, float] | None:
+    """The voxel size of a complete entry; None if a file is missing, or not the size it was
+    written with (truncated, emptied or replaced by hand, or lost with a node)."""
+    try:
+        entry = json.loads(record.read_text())
+        if (volume_file.stat().st_size, mask_file.stat().st_size) != (entry["volume_bytes"], entry["mask_bytes"]):
+            return None
+        return tuple(float(s) for s in entry["spacing"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):  # not the JSON this module writes
+        return None
+
+
 def _prepare(path: Path, cache_dir: Path) -> CachedScan:
-    """The prepared copy of ``path``, made now unless it is there; InputError if it cannot be trained on."""
+    """The prepared copy of ``path``, made now unless a whole one is there; InputError if it
+    cannot be trained on."""
     try:
         key = entry_key(path)
     except OSError as error:  # gone or unreadable since the folder was listed
         raise InputError(f"{path}: not a readable scan ({error.strerror})") from None
-    volume_file, mask_file, record = (cache_dir / f"{key}.{part}" for part in ("volume.npy", "mask.npy", "json"))
-    if not record.is_file():
+    volume_file, mask_file, record = _entry_files(cache_dir, key)
+    spacing = _whole_entry(volume_file, mask_file, record)
+    if spacing is None:
         scan = load_scan(path)
-        _write_into_place(volume_file, _npy_bytes(scan.volume))
-        _write_into_place(mask_file, _npy_bytes(scan.mask))
-        _write_into_place(record, json.dumps({"source": str(path), "spacing": list(scan.spacing)}).encode())
-    spacing = json.loads(record.read_text())["spacing"]
+        volume, mask = _npy_bytes(scan.volume), _npy_bytes(scan.mask)
+        _write_into_place(volume_file, volume)
+        _write_into_place(mask_file, mask)
+        entry = {"source": str(path), "spacing": list(scan.spacing), "volume_bytes": len(volume), "mask_bytes": len(mask)}
+        _write_into_place(record, json.dumps(entry).encode())
+        spacing = scan.spacing
     return CachedScan(volume_file, mask_file, tuple(float(s) for s in spacing))
 
 
@@ -104,14 +131,18 @@ def remove_stale_temporaries(cache_dir: Path) -> int:
 
 
 def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """Rank r prepares every world_size-th scan from the r-th, then any of the others: a rank done
-    early takes over what is still missing instead of waiting, and a cache on each node's own disk
-    is filled by that node's ranks alone. No rank ever waits for another.
+    """Rank r prepares every world_size-th scan from the r-th, then helps the next ranks with
+    theirs, each from its far end: a rank done early takes over what that rank would reach last,
+    instead of waiting or trailing it through its share, and a cache on each node's own disk is
+    filled by that node's ranks alone. No rank ever waits for another.
 
-    >>> preparation_order(5, rank=1, world_size=2)
-    [1, 3, 0, 2, 4]
+    >>> preparation_order(6, rank=1, world_size=2), preparation_order(6, rank=2, world_size=3)
+    ([1, 3, 5, 4, 2, 0], [2, 5, 3, 0, 4, 1])
     """
-    return [*range(rank, count, world_size), *(i for i in range(count) if i % world_size != rank)]
+    order = list(range(rank, count, world_size))
+    for step in range(1, world_size):
+        order.extend(reversed(range((rank + step) % world_size, count, world_size)))
+    return order
 
 
 def prepared_scans(paths: list[Path], cache_dir: Path | str, skipped: Callable[[Path, str], None],
@@ -130,8 +161,9 @@ def prepared_scans(paths: list[Path], cache_dir: Path | str, skipped: Callable[[
             prepared[index] = _prepare(paths[index], cache_dir)
         except InputError as error:
             prepared[index] = str(error)
-        except OSError as error:  # the cache's disk full or not writable: every later scan would fail too
-            raise InputError(f"{cache_dir}: cannot write the scan cache ({error.strerror})") from None
+        except OSError as error:  # the cache's disk full, or not ours to read or write: every later scan would fail too
+            where = f": {error.filename}" if error.filename else ""
+            raise InputError(f"{cache_dir}: cannot use the scan cache ({error.strerror}{where})") from None
     scans = []
     for index, path in enumerate(paths):
         if isinstance(prepared[index], str):
