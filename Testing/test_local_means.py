@@ -6,8 +6,11 @@ from scipy import ndimage
 
 from conftest import phantom, write_volume
 from test_slicer_scene import SlicerLikeScene, slicer
+from MRIDenoiseLib import network
 from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.local_means import restore_local_means
+from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
 from MRIDenoiseLib.worker_process import InProcessRunner
@@ -100,3 +103,31 @@ def test_a_magnitude_image_never_goes_below_zero():
     denoised[2, 2, 2] = 4 * SIGMA
     assert restore_local_means(noisy, denoised, SIGMA, (1.0, 1.0, 1.0)).min() == 0
     assert restore_local_means(noisy - 1, denoised, SIGMA, (1.0, 1.0, 1.0)).min() < 0
+
+
+def test_the_guide_given_back_its_local_mean_dims_faint_lesions_less(monkeypatch):
+    """The network's own step (``network.with_local_detail``), with the bundled weights: four
+    lesions of 1.2 sigma and radius 2.5 voxels in flat tissue, three noise draws, each denoised
+    with and without the guide's local mean given back."""
+    clean = np.full((48, 48, 48), 100.0, dtype=np.float32)
+    grid = np.indices(clean.shape)
+    inside, shell = np.zeros(clean.shape, bool), np.zeros(clean.shape, bool)
+    for centre in ((14, 14, 14), (14, 34, 24), (34, 14, 34), (34, 34, 14)):
+        distance = np.sqrt(((grid - np.array(centre)[:, None, None, None]) ** 2).sum(axis=0))
+        clean[distance <= 2.5] += 1.2 * 5.0
+        inside |= distance <= 2.0
+        shell |= (distance >= 4) & (distance <= 6)
+    weights = load_network(DEFAULT_WEIGHTS)
+
+    def kept_and_error(noisy, detail):
+        monkeypatch.setattr(network, "GUIDE_DETAIL", detail)
+        result = denoise_volume(noisy, 5.0, weights)
+        kept = (result[inside].mean() - result[shell].mean()) / (clean[inside].mean() - clean[shell].mean())
+        return kept, np.sqrt(((result - clean)[shell] ** 2).mean())
+
+    for seed in range(3):
+        noisy = add_rician_noise(clean, 5.0, np.random.default_rng(seed))
+        (kept_without, error_without), (kept_with, error_with) = (kept_and_error(noisy, d) for d in (0.0, network.GUIDE_DETAIL))
+        # Measured: 0.84 / 0.86 / 0.76 of the contrast without, 0.03 more with; 5% more error around them.
+        assert kept_with > kept_without + 0.015
+        assert error_with < 1.1 * error_without
