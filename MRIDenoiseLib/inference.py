@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .intensity import intensity_scale
-from .network import DenoiserNet
+from .network import GUIDE_DETAIL, DenoiserNet
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -94,8 +94,8 @@ def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -
 class _WindowPredictor:
     """Calls the network on one batch of windows; reports progress and honours cancel."""
 
-    def __init__(self, network, sigma, total, use_amp, progress, cancel):
-        self.network, self.sigma, self.total, self.use_amp = network, sigma, total, use_amp
+    def __init__(self, network, sigma, guide_detail, total, use_amp, progress, cancel):
+        self.network, self.sigma, self.guide_detail, self.total, self.use_amp = network, sigma, guide_detail, total, use_amp
         self.progress, self.cancel, self.done = progress, cancel, 0
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ class _WindowPredictor:
             raise Cancelled()
         sigma = self.sigma.expand(windows.shape[0])
         with torch.autocast(device_type=windows.device.type, enabled=self.use_amp):
-            output = self.network(windows, sigma)
+            output = self.network(windows, sigma, guide_detail=self.guide_detail)
         self.done += windows.shape[0]
         if self.progress is not None:
             self.progress(min(self.done / self.total, 1.0))
@@ -136,7 +136,7 @@ def predict_one_window(image: torch.Tensor, roi: tuple[int, ...], predictor: Cal
     return output[(..., *(slice(before, before + n) for (before, _), n in zip(margins, sizes)))].contiguous()
 
 
-def _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel):
+def _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel, guide_detail):
     # On a GPU the volume is copied there once, and everything after (scale, windows, blending)
     # stays there until the result comes back: the host's share was most of the time.
     on_gpu = device.type == "cuda"
@@ -152,6 +152,7 @@ def _run_on_device(volume, sigma, network, device, window, overlap, progress, ca
     predictor = _WindowPredictor(
         network.to(device).eval(),
         torch.tensor([sigma / scale], dtype=torch.float32, device=device),
+        guide_detail,
         window_count(volume.shape, roi, overlap),
         on_gpu,
         progress,
@@ -182,20 +183,21 @@ def denoise_volume(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     on_fallback: Optional[Callable[[str], None]] = None,
+    guide_detail: float = GUIDE_DETAIL,
 ) -> np.ndarray:
     """Denoise a 3-D magnitude volume whose Rician sigma is ``sigma`` (in its own units).
 
     ``window`` is the largest sliding-window side; by default DEFAULT_WINDOW, except on a CUDA
     GPU with memory enough for the whole volume in one window. A CUDA out-of-memory error is
-    retried on the CPU, and ``on_fallback`` is told why.
+    retried on the CPU, and ``on_fallback`` is told why. ``guide_detail``: see ``DenoiserNet.forward``.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     try:
-        return _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel)
+        return _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel, guide_detail)
     except torch.OutOfMemoryError as error:
         if device.type == "cpu":
             raise
         torch.cuda.empty_cache()
         if on_fallback is not None:
             on_fallback(f"GPU out of memory ({error.__class__.__name__}); running on the CPU")
-        return _run_on_device(volume, sigma, network, torch.device("cpu"), window, overlap, progress, cancel)
+        return _run_on_device(volume, sigma, network, torch.device("cpu"), window, overlap, progress, cancel, guide_detail)

@@ -50,7 +50,8 @@ LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SU
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
 # Share of its lost local mean given back to the stage-two guide (``with_local_detail``): at 0.5
 # the worst synthetic lesion keeps 4-5 points more of its contrast for 0.01 dB of mean PSNR
-# (TRAINING_RUNS.md, "Giving the guide back its local mean"); 1.0 cost ten times that.
+# (TRAINING_RUNS.md, "Giving faint lesions back their contrast without training"); 1.0 cost ten
+# times that. With --preserve-detail, which gives back the output's, it would add noise twice: 0 there.
 GUIDE_DETAIL = 0.5
 
 
@@ -162,17 +163,20 @@ def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: tor
     return -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
 
 
-def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The guide given back GUIDE_DETAIL of the 3x3x3 mean of what it lost against the input.
+def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Tensor, share: float) -> torch.Tensor:
+    """The guide given back ``share`` of the 3x3x3 mean of what it lost against the input.
 
     A small lesion of about one sigma is smoothed into its surroundings in both halves of the
     guide; the mean of image - guide over 27 voxels holds that loss well above its own noise
     (about sigma/5), so with it the final average draws less from across the lesion's edge. Faded
     out in the dark as in ``local_means``, where the difference is the Rician bias. The output is
-    still an average of input voxels.
+    still an average of input voxels. In training no gradient flows through the mean given back
+    (``_box`` writes into tensors of its own, which autograd cannot follow); the guide's does.
     """
+    if share == 0:
+        return guide
     bright = ((guide / sigma - DETAIL_FLOOR) / DETAIL_RAMP).clamp(0, 1)
-    return guide + GUIDE_DETAIL * bright * _box(image - guide, 1)
+    return guide + share * bright * _box((image - guide).detach(), 1)
 
 
 class DenoiserNet(nn.Module):
@@ -200,7 +204,9 @@ class DenoiserNet(nn.Module):
         nn.init.zeros_(self.noise_prior[2].weight)
         nn.init.zeros_(self.noise_prior[2].bias)
 
-    def forward(self, image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, sigma: torch.Tensor, guide_detail: float = GUIDE_DETAIL) -> torch.Tensor:
+        """``guide_detail``: the share of its lost local mean given back to the stage-two guide
+        (``with_local_detail``); 0 where the caller gives the output's back (``local_means``)."""
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixel_unshuffle(image, FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])
@@ -222,7 +228,7 @@ class DenoiserNet(nn.Module):
         first = torch.sqrt(torch.clamp(second_moment, min=1e-8))
         # Two estimates that err differently (smoothing chosen by SURE; patch similarity) average
         # into a guide cleaner than either, which then tells which neighbours to average.
-        guide = with_local_detail(0.5 * (first + patch_means(image, variance)), image, sigma)
+        guide = with_local_detail(0.5 * (first + patch_means(image, variance)), image, sigma, guide_detail)
         if self.config.correction_in_guide:
             return guided_means(image, guide + self.correction_gain * correction, variance)
         return guided_means(image, guide, variance) + self.correction_gain * correction

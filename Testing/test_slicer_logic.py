@@ -232,9 +232,9 @@ def test_gpu_fallback_note_reaches_the_status_line(logic, monkeypatch):
 
     real = pipeline.denoise_volume
 
-    def out_of_memory_then_cpu(volume, sigma, network, device, progress=None, cancel=None, on_fallback=None):
+    def out_of_memory_then_cpu(volume, sigma, network, device, progress=None, cancel=None, on_fallback=None, **options):
         on_fallback("GPU out of memory (OutOfMemoryError); running on the CPU")  # what inference.py says
-        return real(volume, sigma, network, "cpu", progress=progress, cancel=cancel)
+        return real(volume, sigma, network, "cpu", progress=progress, cancel=cancel, **options)
 
     monkeypatch.setattr(pipeline, "denoise_volume", out_of_memory_then_cpu)
     laid = SlicerLikeScene()
