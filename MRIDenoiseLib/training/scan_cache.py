@@ -5,7 +5,7 @@ processes of a node share one copy of the scans in the page cache instead of hol
 scan and 2 s per 1 mm one, and every training process holds its result in RAM (about 8 and 43 MB).
 Over an archive of thousands of scans that is most of an hour and tens of GB per process at every
 start and restart. Here each scan is prepared once into ``<key>.volume.npy`` and ``<key>.mask.npy``
-beside ``<key>.json`` (its voxel size and source); the key changes when the file changes. Files are
+beside ``<key>.json`` (its voxel size, source and file sizes); the key changes when the file changes. Files are
 written under temporary names and renamed into place, the JSON last, so processes sharing the
 folder (the ranks of a torchrun job, a killed job and its requeued successor) never read half an
 entry. Scans that cannot be trained on are not cached: each start tries them again.
@@ -94,9 +94,7 @@ def _whole_entry(volume_file: Path, mask_file: Path, record: Path) -> tuple[floa
         if (volume_file.stat().st_size, mask_file.stat().st_size) != (entry["volume_bytes"], entry["mask_bytes"]):
             return None
         return tuple(float(s) for s in entry["spacing"])
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):  # not the JSON this module writes
+    except (FileNotFoundError, ValueError, KeyError, TypeError):  # a file gone, or not the JSON written here
         return None
 
 
