@@ -1,7 +1,7 @@
 """The 3-D UNet of MONAI's ``monai.networks.nets.UNet`` (residual units, PReLU, no normalisation),
 rebuilt from plain torch layers so that denoising never imports MONAI.
 
-Without MONAI's import a 1 mm brain denoises in 5.7 s instead of 7.2 s on a 2-core CPU (BENCHMARKS.md); the
+Without MONAI's import a 1 mm brain denoised in 5.7 s instead of 7.2 s on a 2-core CPU (commit c307428, BENCHMARKS.md); the
 network itself needs only convolutions. The modules carry MONAI's names, so a state dict moves
 between this UNet and MONAI's unchanged, and a test checks both give the same output.
 
