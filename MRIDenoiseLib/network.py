@@ -50,8 +50,9 @@ LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SU
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
 # Share of its lost local mean given back to the stage-two guide (``with_local_detail``): at 0.5
 # the worst synthetic lesion keeps 4-5 points more of its contrast for 0.01 dB of mean PSNR
-# (TRAINING_RUNS.md, "Giving faint lesions back their contrast without training"); 1.0 cost ten
-# times that. With --preserve-detail, which gives back the output's, it would add noise twice: 0 there.
+# (TRAINING_RUNS.md, "Giving faint lesions back their contrast without training"); 1.0 cost about
+# four times the PSNR for 2-3 points more. With --preserve-detail, which gives back the output's,
+# it would add noise twice: 0 there.
 GUIDE_DETAIL = 0.5
 
 
