@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .intensity import intensity_scale
-from .network import GUIDE_DETAIL, DenoiserNet
+from .network import DenoiserNet, GuideDetail
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -183,7 +183,7 @@ def denoise_volume(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     on_fallback: Optional[Callable[[str], None]] = None,
-    guide_detail: float = GUIDE_DETAIL,
+    guide_detail: GuideDetail = GuideDetail(),
 ) -> np.ndarray:
     """Denoise a 3-D magnitude volume whose Rician sigma is ``sigma`` (in its own units).
 

@@ -32,11 +32,21 @@ RAMP = 2.0
 THICK_AXIS = 1.5  # an axis whose voxels are this many times the finest is not averaged along
 
 
+def local_mean_kernel(spacing_zyx) -> tuple[int, int, int]:
+    """The neighbourhood of a local mean: 3 voxels along each axis, 1 along an axis whose voxels
+    are over THICK_AXIS times the finest.
+
+    >>> local_mean_kernel((1.0, 1.0, 1.0)), local_mean_kernel((6.0, 1.0, 1.0))
+    ((3, 3, 3), (1, 3, 3))
+    """
+    finest = min(spacing_zyx)
+    return tuple(3 if spacing <= THICK_AXIS * finest else 1 for spacing in spacing_zyx)
+
+
 def restore_local_means(noisy: np.ndarray, denoised: np.ndarray, sigma: float, spacing_zyx) -> np.ndarray:
     """``denoised`` plus the 3x3x3 mean of ``noisy - denoised``, faded out in the dark (and, for
     a magnitude image, never below zero)."""
-    finest = min(spacing_zyx)
-    size = [3 if spacing <= THICK_AXIS * finest else 1 for spacing in spacing_zyx]
+    size = local_mean_kernel(spacing_zyx)
     lost = ndimage.uniform_filter(np.subtract(noisy, denoised, dtype=np.float32), size=size, mode="nearest")
     bright = np.clip((denoised / np.float32(sigma) - FLOOR) / RAMP, 0, 1)
     restored = (denoised + bright * lost).astype(np.float32)

@@ -57,6 +57,15 @@ GUIDE_DETAIL = 0.5
 
 
 @dataclass(frozen=True)
+class GuideDetail:
+    """How much of its lost local mean the stage-two guide gets back, over which neighbourhood
+    (voxels along z, y, x: ``local_means.local_mean_kernel``, not across thick slices)."""
+
+    share: float = GUIDE_DETAIL
+    kernel: tuple[int, int, int] = (3, 3, 3)
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     """Hyper-parameters stored with the weights, so a checkpoint rebuilds its own network."""
 
@@ -164,8 +173,8 @@ def sure_logits(image: torch.Tensor, smoothed: list[torch.Tensor], variance: tor
     return -(risks - risks.amin(dim=1, keepdim=True)) / (SURE_TEMPERATURE * variance)
 
 
-def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Tensor, share: float) -> torch.Tensor:
-    """The guide given back ``share`` of the 3x3x3 mean of what it lost against the input.
+def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Tensor, detail: GuideDetail) -> torch.Tensor:
+    """The guide given back ``detail.share`` of the local mean of what it lost against the input.
 
     A small lesion of about one sigma is smoothed into its surroundings in both halves of the
     guide; the mean of image - guide over 27 voxels holds that loss well above its own noise
@@ -174,10 +183,10 @@ def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Ten
     still an average of input voxels. In training no gradient flows through the mean given back
     (``_box`` writes into tensors of its own, which autograd cannot follow); the guide's does.
     """
-    if share == 0:
+    if detail.share == 0:
         return guide
     bright = ((guide / sigma - DETAIL_FLOOR) / DETAIL_RAMP).clamp(0, 1)
-    return guide + share * bright * _box((image - guide).detach(), 1)
+    return guide + detail.share * bright * _box((image - guide).detach(), 1, detail.kernel)
 
 
 class DenoiserNet(nn.Module):
@@ -205,9 +214,9 @@ class DenoiserNet(nn.Module):
         nn.init.zeros_(self.noise_prior[2].weight)
         nn.init.zeros_(self.noise_prior[2].bias)
 
-    def forward(self, image: torch.Tensor, sigma: torch.Tensor, guide_detail: float = GUIDE_DETAIL) -> torch.Tensor:
-        """``guide_detail``: the share of its lost local mean given back to the stage-two guide
-        (``with_local_detail``); 0 where the caller gives the output's back (``local_means``)."""
+    def forward(self, image: torch.Tensor, sigma: torch.Tensor, guide_detail: GuideDetail = GuideDetail()) -> torch.Tensor:
+        """``guide_detail``: what of its lost local mean the stage-two guide gets back
+        (``with_local_detail``); a share of 0 where the caller gives the output's back (``local_means``)."""
         sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
         folded = pixel_unshuffle(image, FOLD)
         sigma_map = (SIGMA_CHANNEL_GAIN * sigma).expand(folded.shape[0], 1, *folded.shape[2:])

@@ -28,8 +28,8 @@ from .bias import correct_bias
 from .inference import Cancelled, denoise_volume, resolve_device
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
-from .local_means import restore_local_means
-from .network import GUIDE_DETAIL
+from .local_means import local_mean_kernel, restore_local_means
+from .network import GUIDE_DETAIL, GuideDetail
 from .noise import estimate_sigma
 
 StageProgress = Callable[[str, float], None]
@@ -117,7 +117,8 @@ class DenoisePipeline:
         denoised = denoise_volume(
             volume, sigma, network, chosen,
             progress=lambda fraction: report(STAGE_DENOISE, fraction),
-            cancel=cancel, on_fallback=notes.append, guide_detail=0.0 if preserve_detail else GUIDE_DETAIL,
+            cancel=cancel, on_fallback=notes.append,
+            guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, local_mean_kernel(tuple(reversed(spacing)))),
         )
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))

@@ -10,8 +10,9 @@ from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.local_means import restore_local_means
 from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
-from MRIDenoiseLib.network import GUIDE_DETAIL
+from MRIDenoiseLib.network import GUIDE_DETAIL, GuideDetail
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
+from MRIDenoiseLib.pipeline import DenoisePipeline
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
 from MRIDenoiseLib.worker_process import InProcessRunner
 
@@ -80,7 +81,7 @@ def test_the_command_gives_back_the_local_means_of_its_own_result(tmp_path, tiny
         results[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(target)))
     # The guide is not given back its own local mean then (it would add the noise twice).
     noisy = sitk.GetArrayFromImage(image)
-    plain_guide = denoise_volume(noisy, SIGMA, load_network(tiny_weights), guide_detail=0.0)
+    plain_guide = denoise_volume(noisy, SIGMA, load_network(tiny_weights), guide_detail=GuideDetail(0.0))
     expected = restore_local_means(noisy, plain_guide, SIGMA, tuple(reversed(image.GetSpacing())))
     assert not np.allclose(results["detail"], results["plain"], atol=0.1 * SIGMA)
     np.testing.assert_allclose(results["detail"], expected, atol=1e-3 * SIGMA)
@@ -95,7 +96,7 @@ def test_the_slicer_logic_passes_the_option_to_the_worker(tiny_weights, tmp_path
     results = {preserve: slicer.util.arrayFromVolume(logic.process(source, biasCorrection=False, preserveDetail=preserve))
                for preserve in (False, True)}
     sigma = estimate_sigma(noisy)
-    plain_guide = denoise_volume(noisy, sigma, load_network(tiny_weights), guide_detail=0.0)
+    plain_guide = denoise_volume(noisy, sigma, load_network(tiny_weights), guide_detail=GuideDetail(0.0))
     assert not np.allclose(plain_guide, results[False], atol=1e-3 * SIGMA)
     expected = restore_local_means(noisy, plain_guide, sigma, tuple(reversed(source.GetSpacing())))
     np.testing.assert_allclose(results[True], expected, atol=1e-3 * SIGMA)
@@ -126,7 +127,7 @@ def test_the_guide_given_back_its_local_mean_dims_faint_lesions_less():
     weights = load_network(DEFAULT_WEIGHTS)
 
     def kept_and_error(noisy, detail):
-        result = denoise_volume(noisy, 5.0, weights, guide_detail=detail)
+        result = denoise_volume(noisy, 5.0, weights, guide_detail=GuideDetail(detail))
         kept = (result[inside].mean() - result[shell].mean()) / (clean[inside].mean() - clean[shell].mean())
         return kept, np.sqrt(((result - clean)[shell] ** 2).mean())
 
@@ -136,3 +137,14 @@ def test_the_guide_given_back_its_local_mean_dims_faint_lesions_less():
         # Measured: 0.84 / 0.86 / 0.76 of the contrast without, 0.03 more with; 5% more error around them.
         assert kept_with > kept_without + 0.015
         assert error_with < 1.1 * error_without
+
+
+def test_the_guide_is_not_given_back_a_mean_across_thick_slices(tiny_weights):
+    """As ``restore_local_means``: with 6 mm slices along z, the guide's local mean is taken in-plane."""
+    noisy = add_rician_noise(phantom((16, 48, 44), 0), SIGMA, np.random.default_rng(4)).astype(np.float32)
+    network = load_network(tiny_weights)
+    result = DenoisePipeline(weights=tiny_weights).run(noisy, (1.0, 1.0, 6.0), bias_correction=False, sigma=SIGMA).denoised
+    in_plane = denoise_volume(noisy, SIGMA, network, guide_detail=GuideDetail(GUIDE_DETAIL, (1, 3, 3)))
+    across = denoise_volume(noisy, SIGMA, network, guide_detail=GuideDetail(GUIDE_DETAIL, (3, 3, 3)))
+    np.testing.assert_array_equal(result, in_plane)
+    assert np.abs(result - across).max() > 1e-3 * SIGMA
