@@ -49,10 +49,10 @@ SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to t
 LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SURE, never overrides it wholesale
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
 # Share of its lost local mean given back to the stage-two guide (``with_local_detail``): at 0.5
-# the worst synthetic lesion keeps 4-5 points more of its contrast for 0.01 dB of mean PSNR
-# (TRAINING_RUNS.md, "Giving faint lesions back their contrast without training"); 1.0 cost about
-# four times the PSNR for 2-3 points more. With --preserve-detail, which gives back the output's,
-# it would add noise twice: 0 there.
+# the worst synthetic lesion keeps 4-5 points more of its contrast, and the 45 benchmark cases
+# keep their mean PSNR (TRAINING_RUNS.md, "Giving faint lesions back their contrast without
+# training"); 1.0 cost about four times the PSNR for 2-3 points more. With --preserve-detail,
+# which gives back the output's, it would add noise twice: 0 there.
 GUIDE_DETAIL = 0.5
 
 
@@ -177,7 +177,7 @@ def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Ten
     """The guide given back ``detail.share`` of the local mean of what it lost against the input.
 
     A small lesion of about one sigma is smoothed into its surroundings in both halves of the
-    guide; the mean of image - guide over 27 voxels holds that loss well above its own noise
+    guide; the mean of image - guide over 27 voxels (9 in-plane on thick slices) holds that loss well above its own noise
     (about sigma/5), so with it the final average draws less from across the lesion's edge. Faded
     out in the dark as in ``local_means``, where the difference is the Rician bias. The output is
     still an average of input voxels. In training no gradient flows through the mean given back
