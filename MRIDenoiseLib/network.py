@@ -179,10 +179,10 @@ def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Ten
     A small lesion of about one sigma is smoothed into its surroundings in both halves of the
     guide; the mean of image - guide over 27 voxels (9 in-plane on thick slices) holds that loss
     well above its own noise (about sigma/5), so with it the final average draws less from across
-    the lesion's edge. Faded
-    out in the dark as in ``local_means``, where the difference is the Rician bias. The output is
-    still an average of input voxels. In training no gradient flows through the mean given back
-    (``_box`` writes into tensors of its own, which autograd cannot follow); the guide's does.
+    the lesion's edge. Faded out in the dark as in ``local_means``, where the difference is the
+    Rician bias. The output is still an average of input voxels. In training no gradient flows
+    through the mean given back (``_box`` writes into tensors of its own, which autograd cannot
+    follow); the guide's does.
     """
     if detail.share == 0:
         return guide
