@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-weights", help="weights file to warm-start from")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--scan-cache", metavar="DIR",
-                       help="prepare the scans once into DIR (uncompressed, about 7 MB per 2 mm scan) and memory-map them "
+                       help="prepare the scans once into DIR (uncompressed, about 6.5 MB per 2 mm scan) and memory-map them "
                             "instead of loading them into every process: restarts in seconds, one copy per node; "
                             "for large archives, several runs may share it")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

@@ -2,7 +2,7 @@
 processes of a node share one copy of the scans in the page cache instead of holding one each.
 
 ``load_scan`` (canonical orientation, resampling to 1 mm, head mask) takes about 0.25 s per 2 mm
-scan and 2 s per 1 mm one, and every training process holds its result in RAM (about 8 and 43 MB).
+scan and 2 s per 1 mm one, and every training process holds its result in RAM (about 6.5 and 43 MB).
 Over an archive of thousands of scans that is most of an hour and tens of GB per process at every
 start and restart. Here each scan is prepared once into ``<key>.volume.npy`` and ``<key>.mask.npy``
 beside ``<key>.json`` (its voxel size, source and file sizes); the key changes when the file changes. Files are
