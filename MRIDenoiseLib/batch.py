@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -202,21 +206,20 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
             continue
         if reporter is not None:
             reporter.line(f"[{number}/{len(inputs)}] {scan}")
-        try:
-            if target.exists():  # another process finished it between the check and the claim
-                summary["skipped"] += 1
-                continue
-            denoise_file(scan, target, pipeline=pipeline, reporter=reporter, **options)
-            summary["denoised"] += 1
-        except InputError as error:
-            summary["failed"].append(str(error))
-        except (Cancelled, DeviceUnavailable, WeightsError):
-            raise
-        except Exception as error:  # one odd scan (say, a library's error on it) must not end a night's batch
-            message = str(error).strip().splitlines()
-            summary["failed"].append(f"{scan}: {type(error).__name__}" + (f": {message[0]}" if message else ""))
-        finally:
-            claim.unlink(missing_ok=True)
+        with held(claim):
+            try:
+                if target.exists():  # another process finished it between the check and the claim
+                    summary["skipped"] += 1
+                    continue
+                denoise_file(scan, target, pipeline=pipeline, reporter=reporter, **options)
+                summary["denoised"] += 1
+            except InputError as error:
+                summary["failed"].append(str(error))
+            except (Cancelled, DeviceUnavailable, WeightsError):
+                raise
+            except Exception as error:  # one odd scan (say, a library's error on it) must not end a night's batch
+                message = str(error).strip().splitlines()
+                summary["failed"].append(f"{scan}: {type(error).__name__}" + (f": {message[0]}" if message else ""))
     return summary
 
 
@@ -224,8 +227,9 @@ def claim_scan(target: Path) -> Path | None:
     """Claim the output ``target`` for this process: the hidden file ``.<name>.claim`` beside it,
     created only if no other process holds it. Returns the claim (remove it when done), or None
     when another process is at work on this scan: batches started twice on one folder, or several
-    unsharded processes on one list, share out the scans instead of doing each twice. A claim
-    untouched for STALE_AFTER_SECONDS is from a process that was killed, and is taken over.
+    unsharded processes on one list, share out the scans instead of doing each twice. A claim is
+    kept fresh while it is ``held``; one untouched for STALE_AFTER_SECONDS is from a process that
+    was killed, and is taken over.
     """
     claim = target.with_name(f".{target.name}.claim")
     for _ in range(2):
@@ -243,6 +247,31 @@ def claim_scan(target: Path) -> Path | None:
             stream.write(f"{socket.gethostname()} {os.getpid()}\n")
         return claim
     return None
+
+
+CLAIM_REFRESH_SECONDS = 300  # well inside STALE_AFTER_SECONDS: a claim in use never looks stale
+
+
+@contextmanager
+def held(claim: Path, every: float = CLAIM_REFRESH_SECONDS) -> Iterator[None]:
+    """Keep ``claim`` fresh (its time of change renewed every ``every`` seconds) while the block
+    runs, so that a scan that takes longer than STALE_AFTER_SECONDS is not taken over; remove it
+    after."""
+    done = threading.Event()
+
+    def refresh() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(OSError):  # removed by hand, say: the work goes on
+                os.utime(claim)
+
+    heartbeat = threading.Thread(target=refresh, name=f"claim {claim.name}", daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        done.set()
+        heartbeat.join()
+        claim.unlink(missing_ok=True)
 
 
 def refuse_shared_output_names(inputs: list[Path]) -> None:

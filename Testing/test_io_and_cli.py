@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
 from MRIDenoiseLib.cli import Reporter, main
-from MRIDenoiseLib.batch import claim_scan, denoise_batch
+from MRIDenoiseLib.batch import claim_scan, denoise_batch, held
 from MRIDenoiseLib.io import InputError, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
@@ -475,3 +475,15 @@ def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
     two_hours_ago = time.time() - 7200
     os.utime(claim, (two_hours_ago, two_hours_ago))
     assert claim_scan(target) == claim and time.time() - claim.stat().st_mtime < 60
+
+
+def test_a_held_claim_stays_fresh_while_the_work_goes_on_and_is_removed_after(tmp_path):
+    target = tmp_path / "a.nii.gz"
+    claim = claim_scan(target)
+    two_hours_ago = time.time() - 7200
+    with held(claim, every=0.05):
+        os.utime(claim, (two_hours_ago, two_hours_ago))  # as if the scan had taken two hours so far
+        time.sleep(0.3)
+        assert time.time() - claim.stat().st_mtime < 60
+        assert claim_scan(target) is None  # still this process's: not taken over
+    assert not claim.exists()
