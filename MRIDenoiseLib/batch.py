@@ -22,9 +22,11 @@ from .io import (
     check_image,
     check_output_path,
     image_like,
+    is_stale,
     pick_volume,
     read_any_image,
     refuse_same_path,
+    remove_stale,
     write_images,
 )
 from .model import WeightsError
@@ -237,7 +239,7 @@ def claim_scan(target: Path) -> Path | None:
             handle = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                if time.time() - claim.stat().st_mtime <= STALE_AFTER_SECONDS:
+                if not is_stale(claim):
                     return None
             except FileNotFoundError:  # its holder just finished
                 continue
@@ -285,17 +287,8 @@ def refuse_shared_output_names(inputs: list[Path]) -> None:
         first_with_name[name] = scan
 
 
-STALE_AFTER_SECONDS = 3600  # far beyond any one write, so another process's write in progress is left alone
-
-
 def remove_stale_temporaries(output_dir: Path, names: list[str]) -> list[Path]:
-    """Remove what a killed run (kill -9, a node lost) left of its temporary outputs for ``names``:
-    the hidden ``.<name>.<random><suffix>`` files that ``io.write_images`` writes before renaming.
-    Only those untouched for STALE_AFTER_SECONDS; returns what was removed."""
-    now, removed = time.time(), []
-    for name in names:
-        for leftover in output_dir.glob(f".{glob.escape(name)}.*"):
-            if leftover.is_file() and now - leftover.stat().st_mtime > STALE_AFTER_SECONDS:
-                leftover.unlink(missing_ok=True)
-                removed.append(leftover)
-    return removed
+    """Remove what a killed run left of its temporary outputs for ``names`` (the hidden
+    ``.<name>.<random><suffix>`` files that ``io.write_images`` writes before renaming) and of its
+    claims (``io.remove_stale``); returns what was removed."""
+    return remove_stale(leftover for name in names for leftover in output_dir.glob(f".{glob.escape(name)}.*"))

@@ -19,7 +19,8 @@ import gzip
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -168,6 +169,26 @@ def check_output_path(path: Path | str) -> None:
         raise InputError(f"{path}: folder {path.parent} does not exist")
     if path.name.lower().endswith((".mhd", ".nhdr")):
         raise InputError(f"{path}: .mhd and .nhdr keep the voxels in a second file; write .mha or .nrrd")
+
+
+# Far beyond any one write, so another process's write in progress is left alone.
+STALE_AFTER_SECONDS = 3600
+
+
+def is_stale(path: Path) -> bool:
+    """Whether ``path`` was last changed over STALE_AFTER_SECONDS ago (FileNotFoundError if it is gone)."""
+    return time.time() - path.stat().st_mtime > STALE_AFTER_SECONDS
+
+
+def remove_stale(leftovers: Iterable[Path]) -> list[Path]:
+    """Remove the files among ``leftovers`` that a killed process (kill -9, a lost node) left:
+    those untouched for STALE_AFTER_SECONDS. Returns what was removed."""
+    removed = []
+    for leftover in leftovers:
+        if leftover.is_file() and is_stale(leftover):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def new_file_mode() -> int:

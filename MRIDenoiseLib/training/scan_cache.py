@@ -25,7 +25,6 @@ import io
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from ..input_checks import InputError
-from ..io import new_file_mode
+from ..io import new_file_mode, remove_stale
 from .data import load_scan
 
 # Part of every key: raise it when load_scan's preparation changes, so old entries are not used.
 PREPARATION_VERSION = 1
-STALE_AFTER_SECONDS = 3600  # far beyond any one write, so another process's write in progress is left alone
 
 
 @dataclass(frozen=True)
@@ -119,13 +117,8 @@ def _prepare(path: Path, cache_dir: Path) -> CachedScan:
 
 
 def remove_stale_temporaries(cache_dir: Path) -> int:
-    """Remove what killed preparations left (untouched for STALE_AFTER_SECONDS); returns how many."""
-    now, removed = time.time(), 0
-    for leftover in cache_dir.glob(".*.tmp"):
-        if leftover.is_file() and now - leftover.stat().st_mtime > STALE_AFTER_SECONDS:
-            leftover.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    """Remove the temporary files killed preparations left (``io.remove_stale``); returns how many."""
+    return len(remove_stale(cache_dir.glob(".*.tmp")))
 
 
 def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[int]:
