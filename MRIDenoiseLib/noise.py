@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage, special
 
 GAUSSIAN_MAD = 0.6744897501960817
 # Below this signal-to-noise ratio the magnitude is visibly non-Gaussian, which biases the MAD.
@@ -68,7 +68,9 @@ def _block_percentile_gain(size: int, percentile: float) -> float:
     """
     per_axis = (3 * size - 1) / (2 * size)
     dof = size**3 / per_axis**3
-    return float(np.sqrt(stats.chi2.ppf(percentile / 100, dof) / dof))
+    # The chi-square quantile, 2 P^-1(dof/2, p): scipy.special comes with ndimage, while
+    # scipy.stats would add a quarter of a second to every command's start.
+    return float(np.sqrt(2 * special.gammaincinv(dof / 2, percentile / 100) / dof))
 
 
 def _tissue_mad_sigma(level: np.ndarray, floor: float, deviations: Callable[[np.ndarray], np.ndarray]) -> float:
