@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_checks import InputError
-from ..io import new_file_mode, remove_stale
+from ..io import remove_stale, writing_into_place
 from .data import load_scan
 
 # Part of every key: raise it when load_scan's preparation changes, so old entries are not used.
@@ -64,16 +62,9 @@ def entry_key(path: Path) -> str:
 
 
 def _write_into_place(destination: Path, content: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())  # whole on disk before it is renamed into place (a lost node)
-        os.chmod(temporary, new_file_mode())  # readable by the others who share the cache, as the umask allows
-        os.replace(temporary, destination)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    """Write ``content`` to ``destination`` under a temporary ``.tmp`` name, renamed when whole."""
+    with writing_into_place() as temporary_for:
+        Path(temporary_for(destination, ".tmp")).write_bytes(content)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
