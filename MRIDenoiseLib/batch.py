@@ -231,7 +231,8 @@ def claim_scan(target: Path) -> Path | None:
     when another process is at work on this scan: batches started twice on one folder, or several
     unsharded processes on one list, share out the scans instead of doing each twice. A claim is
     kept fresh while it is ``held``; one untouched for STALE_AFTER_SECONDS is from a process that
-    was killed, and is taken over.
+    was killed, and is taken over (``_remove_stale_claim``): by one process when two find it stale
+    at once.
     """
     claim = target.with_name(f".{target.name}.claim")
     for _ in range(2):
@@ -243,12 +244,45 @@ def claim_scan(target: Path) -> Path | None:
                     return None
             except FileNotFoundError:  # its holder just finished
                 continue
-            claim.unlink(missing_ok=True)
+            if not _remove_stale_claim(claim):
+                return None
             continue
         with os.fdopen(handle, "w") as stream:
             stream.write(f"{socket.gethostname()} {os.getpid()}\n")
         return claim
     return None
+
+
+def _remove_stale_claim(claim: Path) -> bool:
+    """Remove ``claim``, found stale, unless it is no longer the stale one; returns False when a
+    live claim is there now, True when the name is free for a new claim (which ``os.O_EXCL`` then
+    gives to one process).
+
+    Removing it by name could remove a new claim made in its place: processes A and B find it
+    stale; A removes it and makes its own; B then removes A's, makes its own, and both denoise the
+    scan. So it is first renamed to a name of this process's own: of several processes renaming
+    one file, one succeeds, and the file it got is checked again, where no one else can touch it.
+    """
+    aside = claim.with_name(f"{claim.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        os.rename(claim, aside)
+    except FileNotFoundError:  # another process took it first
+        return True
+    try:
+        fresh = not is_stale(aside)
+    except FileNotFoundError:  # a batch starting up removed it as stale (remove_stale_temporaries)
+        return True
+    if fresh:
+        # Not the stale claim but a live one (the claim of a process that took over first, or one
+        # renewed by its holder) made between the check and the rename. Its holder is at work and
+        # will remove it by name when done, so it goes back at once. A third process could claim
+        # the free name in that instant (O_EXCL); putting it back over that claim then leaves two
+        # processes denoising the scan into the same output, each written atomically: work done
+        # twice, never a scan left unclaimed or a half-written output.
+        os.replace(aside, claim)
+        return False
+    aside.unlink(missing_ok=True)
+    return True
 
 
 CLAIM_REFRESH_SECONDS = 300  # well inside STALE_AFTER_SECONDS: a claim in use never looks stale

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -208,25 +208,48 @@ def write_images(images: list[tuple[sitk.Image, Path | str]]) -> None:
 
     If any write fails, no destination is touched and the temporary files are removed.
     """
-    staged: list[tuple[str, Path]] = []
-    try:
+    with writing_into_place() as temporary_for:
         for image, path in images:
             path = Path(path)
             check_output_path(path)
             suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-            os.close(handle)
-            staged.append((temporary, path))
             try:
-                sitk.WriteImage(image, temporary, True)
+                sitk.WriteImage(image, temporary_for(path, suffix), True)
             except RuntimeError:
                 raise InputError(f"{path}: cannot write this format (use .nii.gz, .nii, .nrrd or .mha)") from None
+
+
+@contextmanager
+def writing_into_place() -> Iterator[Callable[[Path, str], str]]:
+    """Yields ``temporary_for(destination, suffix)``: the name of a new, empty temporary file
+    ``.<name>.<random><suffix>`` beside ``destination``, to write its content to. When the block
+    ends, every temporary is put on disk, given the permissions of a new file and renamed into
+    place, in the order asked for; if it fails, no destination is touched. No temporary is left.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with writing_into_place() as temporary_for:
+    ...     _ = Path(temporary_for(folder / "a.txt", ".tmp")).write_text("whole")
+    >>> [p.name for p in folder.iterdir()], (folder / "a.txt").read_text()
+    (['a.txt'], 'whole')
+    """
+    staged: list[tuple[str, Path]] = []
+
+    def temporary_for(destination: Path, suffix: str) -> str:
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent)
+        os.close(handle)
+        staged.append((temporary, destination))
+        return temporary
+
+    try:
+        yield temporary_for
+        for temporary, _ in staged:
             with open(temporary, "rb+") as written:  # on disk before it is renamed into place (a lost node)
                 os.fsync(written.fileno())
-        mode = new_file_mode()
-        for temporary, path in staged:
+        mode = new_file_mode()  # readable by those who share the folder, as the umask allows
+        for temporary, destination in staged:
             os.chmod(temporary, mode)
-            os.replace(temporary, path)
+            os.replace(temporary, destination)
     finally:
         for temporary, _ in staged:
             Path(temporary).unlink(missing_ok=True)

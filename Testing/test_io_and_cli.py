@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from conftest import phantom, textured_series, write_volume
 from MRIDenoiseLib.cli import Reporter, main
 from MRIDenoiseLib.batch import claim_scan, denoise_batch, held
-from MRIDenoiseLib.io import InputError, read_image, write_images
+from MRIDenoiseLib.io import InputError, is_stale, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
@@ -475,6 +475,30 @@ def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
     two_hours_ago = time.time() - 7200
     os.utime(claim, (two_hours_ago, two_hours_ago))
     assert claim_scan(target) == claim and time.time() - claim.stat().st_mtime < 60
+
+
+@pytest.mark.parametrize("check", [0, 1], ids=["before its rename", "after its rename"])
+def test_two_processes_taking_over_one_stale_claim_give_one_winner(tmp_path, monkeypatch, check):
+    """While this process takes over a stale claim, at its ``check``-th look at a claim's age,
+    another process takes the same claim over from start to end."""
+    target = tmp_path / "a.nii.gz"
+    claim = claim_scan(target)
+    two_hours_ago = time.time() - 7200
+    os.utime(claim, (two_hours_ago, two_hours_ago))
+    looks, the_other = [], []
+
+    def is_stale_meanwhile_the_other_takes_over(path):
+        stale = is_stale(path)
+        looks.append(path)
+        if len(looks) == check + 1:
+            the_other.append((claim_scan(target), claim.stat().st_ino))
+        return stale
+
+    monkeypatch.setattr("MRIDenoiseLib.batch.is_stale", is_stale_meanwhile_the_other_takes_over)
+    mine = claim_scan(target)
+    assert the_other == [(claim, claim.stat().st_ino)] and mine is None  # with unlink-then-create, both won
+    assert time.time() - claim.stat().st_mtime < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == [claim.name]
 
 
 def test_a_held_claim_stays_fresh_while_the_work_goes_on_and_is_removed_after(tmp_path):

@@ -157,3 +157,48 @@ def test_a_cache_that_cannot_be_written_is_refused_in_one_line(tmp_path, monkeyp
     monkeypatch.setattr(scan_cache, "_write_into_place", disk_full)
     with pytest.raises(InputError, match="cannot use the scan cache .No space left on device."):
         scan_cache.prepared_scans(paths, tmp_path / "cache", _no_skips)
+
+
+def test_the_entries_of_earlier_versions_of_the_scans_are_removed_and_those_of_other_scans_kept(tmp_path):
+    paths, cache = _folder(tmp_path), tmp_path / "cache"
+    first = scan_cache.prepared_scans(paths, cache, _no_skips)
+    write_volume(paths[1], 2 * phantom((36, 40, 32), 2))
+    write_volume(paths[2], 2 * phantom((36, 40, 32), 3))
+    # A run on the first two scans only: the third, edited too, is not its to clean.
+    again = scan_cache.prepared_scans(paths[:2], cache, _no_skips)
+    assert again[0] == first[0] and not first[1].volume_file.exists() and not first[1].mask_file.exists()
+    assert first[2].volume_file.exists() and len(list(cache.glob("*.json"))) == 3
+    scan_cache.prepared_scans(paths, cache, _no_skips)
+    assert not first[2].volume_file.exists() and len(list(cache.glob("*.json"))) == 3
+    assert len(list(cache.iterdir())) == 9
+
+
+def test_two_processes_removing_the_same_outdated_entries_at_once_do_not_fail(tmp_path, monkeypatch):
+    paths, cache = _folder(tmp_path, count=2), tmp_path / "cache"
+    scan_cache.prepared_scans(paths, cache, _no_skips)
+    for index, path in enumerate(paths):
+        write_volume(path, 2 * phantom((36, 40, 32), index))
+    recorded_source = scan_cache._recorded_source
+    removed_by_the_other = []
+
+    def the_other_cleans_up_meanwhile(record):
+        """Between this process's reading of the first record and its removing that entry, the
+        other removes every outdated entry."""
+        source = recorded_source(record)
+        if not removed_by_the_other:
+            removed_by_the_other.append(None)
+            removed_by_the_other.append(scan_cache.remove_outdated_entries(cache, paths))
+        return source
+
+    monkeypatch.setattr(scan_cache, "_recorded_source", the_other_cleans_up_meanwhile)
+    assert scan_cache.remove_outdated_entries(cache, paths) == 0
+    assert removed_by_the_other[1] == 2 and list(cache.iterdir()) == []
+
+
+def test_an_entry_half_removed_by_a_killed_process_is_removed_at_the_next_start(tmp_path):
+    paths, cache = _folder(tmp_path, count=1), tmp_path / "cache"
+    first = scan_cache.prepared_scans(paths, cache, _no_skips)
+    first[0].volume_file.unlink()  # killed after removing the volume, before the record
+    write_volume(paths[0], 2 * phantom((36, 40, 32), 1))
+    assert scan_cache.remove_outdated_entries(cache, paths) == 1
+    assert list(cache.iterdir()) == []

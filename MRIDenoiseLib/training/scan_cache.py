@@ -8,7 +8,9 @@ start and restart. Here each scan is prepared once into ``<key>.volume.npy`` and
 beside ``<key>.json`` (its voxel size, source and file sizes); the key changes when the file changes. Files are
 written under temporary names and renamed into place, the JSON last, so processes sharing the
 folder (the ranks of a torchrun job, a killed job and its requeued successor) never read half an
-entry. Scans that cannot be trained on are not cached: each start tries them again.
+entry. Scans that cannot be trained on are not cached: each start tries them again. The entries
+of earlier versions of the scans a start is given are removed; those of other scans are kept, as
+runs on other data sets may share the folder.
 
 >>> import tempfile, nibabel as nib
 >>> folder = Path(tempfile.mkdtemp())
@@ -23,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_checks import InputError
-from ..io import new_file_mode, remove_stale
+from ..io import remove_stale, writing_into_place
 from .data import load_scan
 
 # Part of every key: raise it when load_scan's preparation changes, so old entries are not used.
@@ -62,16 +62,9 @@ def entry_key(path: Path) -> str:
 
 
 def _write_into_place(destination: Path, content: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())  # whole on disk before it is renamed into place (a lost node)
-        os.chmod(temporary, new_file_mode())  # readable by the others who share the cache, as the umask allows
-        os.replace(temporary, destination)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    """Write ``content`` to ``destination`` under a temporary ``.tmp`` name, renamed when whole."""
+    with writing_into_place() as temporary_for:
+        Path(temporary_for(destination, ".tmp")).write_bytes(content)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -110,7 +103,8 @@ def _prepare(path: Path, cache_dir: Path) -> CachedScan:
         volume, mask = _npy_bytes(scan.volume), _npy_bytes(scan.mask)
         _write_into_place(volume_file, volume)
         _write_into_place(mask_file, mask)
-        entry = {"source": str(path), "spacing": list(scan.spacing), "volume_bytes": len(volume), "mask_bytes": len(mask)}
+        entry = {"source": str(path.resolve()), "spacing": list(scan.spacing),
+                 "volume_bytes": len(volume), "mask_bytes": len(mask)}
         _write_into_place(record, json.dumps(entry).encode())
         spacing = scan.spacing
     return CachedScan(volume_file, mask_file, tuple(float(s) for s in spacing))
@@ -119,6 +113,66 @@ def _prepare(path: Path, cache_dir: Path) -> CachedScan:
 def remove_stale_temporaries(cache_dir: Path) -> int:
     """Remove the temporary files killed preparations left (``io.remove_stale``); returns how many."""
     return len(remove_stale(cache_dir.glob(".*.tmp")))
+
+
+def _recorded_source(record: Path) -> str | None:
+    """The scan an entry was prepared from, as its record says; None if the record is gone (removed
+    by another process) or not one written here."""
+    try:
+        source = json.loads(record.read_text())["source"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
+def _remove_entry(cache_dir: Path, key: str) -> bool:
+    """Remove an entry, its record last (a process killed halfway leaves the record, and so the
+    entry is found again); returns whether this process removed the record, not another."""
+    volume_file, mask_file, record = _entry_files(cache_dir, key)
+    volume_file.unlink(missing_ok=True)
+    mask_file.unlink(missing_ok=True)
+    try:
+        record.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_outdated_entries(cache_dir: Path, paths: list[Path]) -> int:
+    """Remove the entries of earlier versions of the scans of ``paths`` (edited or replaced since
+    they were prepared): those whose record names one of these scans under another key than its
+    key now. Entries of other scans are kept. Returns how many this process removed; others
+    sharing the folder may remove some of the same at once.
+
+    A record names its scan by its resolved path; records written before it did (by the path as
+    given, possibly relative) are matched only where that was the resolved path. A run still
+    training from an earlier version (one started before its scan changed) reads its entry anew at
+    every draw, and so fails once a later start has removed it.
+
+    >>> import tempfile
+    >>> cache = Path(tempfile.mkdtemp())
+    >>> scan = cache / "scan.nii"
+    >>> _ = scan.write_bytes(b"first version")
+    >>> _ = (cache / "0123.json").write_text(json.dumps({"source": str(scan.resolve())}))
+    >>> remove_outdated_entries(cache, [scan]), list(cache.glob("*.json"))
+    (1, [])
+    """
+    current_keys = {}
+    for path in paths:
+        try:
+            current_keys[str(path.resolve())] = entry_key(path)
+        except OSError:  # gone or unreadable: its entries are left as they are
+            continue
+    in_use = set(current_keys.values())
+    removed = 0
+    for record in cache_dir.glob("*.json"):
+        key = record.name.removesuffix(".json")
+        if key in in_use:
+            continue
+        source = _recorded_source(record)
+        if source in current_keys and _remove_entry(cache_dir, key):
+            removed += 1
+    return removed
 
 
 def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -139,11 +193,13 @@ def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[in
 def prepared_scans(paths: list[Path], cache_dir: Path | str, skipped: Callable[[Path, str], None],
                    rank: int = 0, world_size: int = 1) -> list[CachedScan]:
     """The scans of ``paths`` that can be trained on, in order, prepared in ``cache_dir`` where they
-    are not yet; ``skipped(path, reason)`` hears of the others, in order (as ``load_scans``)."""
+    are not yet; ``skipped(path, reason)`` hears of the others, in order (as ``load_scans``). The
+    entries of earlier versions of these scans are removed first."""
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cache_dir)
+        remove_outdated_entries(cache_dir, paths)
     except OSError as error:
         raise InputError(f"{cache_dir}: cannot keep the scan cache there ({error.strerror})") from None
     prepared: dict[int, CachedScan | str] = {}
