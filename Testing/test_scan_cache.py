@@ -202,3 +202,15 @@ def test_an_entry_half_removed_by_a_killed_process_is_removed_at_the_next_start(
     write_volume(paths[0], 2 * phantom((36, 40, 32), 1))
     assert scan_cache.remove_outdated_entries(cache, paths) == 1
     assert list(cache.iterdir()) == []
+
+
+def test_a_run_whose_entry_a_later_start_removed_goes_on_with_the_scan_as_it_is_now(tmp_path):
+    paths, cache = _folder(tmp_path, count=1), tmp_path / "cache"
+    running = scan_cache.prepared_scans(paths, cache, _no_skips)[0]
+    before = np.array(running.as_sample()["target"])
+    write_volume(paths[0], phantom((36, 40, 32), 7))  # another head
+    scan_cache.prepared_scans(paths, cache, _no_skips)  # a later start removes the running run's entry
+    assert not running.volume_file.exists()
+    now = running.as_sample()["target"]
+    np.testing.assert_array_equal(now, load_scan(paths[0]).volume)
+    assert not np.array_equal(now, before)

@@ -47,10 +47,16 @@ class CachedScan:
     volume_file: Path
     mask_file: Path
     spacing: tuple[float, float, float]
+    source: Path
 
     def as_sample(self) -> dict:
-        return {"target": np.load(self.volume_file, mmap_mode="c"), "mask": np.load(self.mask_file, mmap_mode="c"),
-                "spacing": self.spacing}
+        try:
+            return {"target": np.load(self.volume_file, mmap_mode="c"), "mask": np.load(self.mask_file, mmap_mode="c"),
+                    "spacing": self.spacing}
+        except FileNotFoundError:
+            # The scan was edited since this run started, and a later start removed this entry
+            # (remove_outdated_entries): the scan as it is now.
+            return _prepare(self.source, self.volume_file.parent).as_sample()
 
 
 def entry_key(path: Path) -> str:
@@ -107,7 +113,7 @@ def _prepare(path: Path, cache_dir: Path) -> CachedScan:
                  "volume_bytes": len(volume), "mask_bytes": len(mask)}
         _write_into_place(record, json.dumps(entry).encode())
         spacing = scan.spacing
-    return CachedScan(volume_file, mask_file, tuple(float(s) for s in spacing))
+    return CachedScan(volume_file, mask_file, tuple(float(s) for s in spacing), path)
 
 
 def remove_stale_temporaries(cache_dir: Path) -> int:
@@ -146,8 +152,8 @@ def remove_outdated_entries(cache_dir: Path, paths: list[Path]) -> int:
 
     A record names its scan by its resolved path; records written before it did (by the path as
     given, possibly relative) are matched only where that was the resolved path. A run still
-    training from an earlier version (one started before its scan changed) reads its entry anew at
-    every draw, and so fails once a later start has removed it.
+    training from an earlier version (one started before its scan changed) goes on with the scan
+    as it is now (``CachedScan.as_sample``).
 
     >>> import tempfile
     >>> cache = Path(tempfile.mkdtemp())
