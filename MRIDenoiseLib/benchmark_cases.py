@@ -12,6 +12,8 @@ the voxel size per NumPy axis, in mm.
 - :func:`place_lesions` and :func:`insert_lesions` add small smooth-edged spheres, hypo- and
   hyper-intense, in white matter; :func:`contrast_retained` says how much of each lesion's
   contrast to its surroundings a result keeps, relative to the clean lesioned image.
+  :func:`lesions_on_thick_slices` says where lesions inserted before :func:`thick_slices` lie on
+  the thick grid, so that their contrast is measured there.
 
 >>> import numpy as np
 >>> image = np.full((40, 40, 40), 100.0, np.float32)
@@ -112,6 +114,14 @@ def remap_contrast(t1: np.ndarray, contrast: str, spacing: Sequence[float] = (1.
     return np.interp(t1, nodes, values).astype(np.float32)
 
 
+def _slab_factor(spacing: Sequence[float], axis: int, thickness_mm: float) -> int:
+    """How many slices along ``axis`` :func:`thick_slices` averages into one slab."""
+    factor = round(thickness_mm / float(spacing[axis]))
+    if factor < 1:
+        raise ValueError(f"slices of {spacing[axis]} mm are already thicker than {thickness_mm} mm")
+    return factor
+
+
 def thick_slices(volume: np.ndarray, spacing: Sequence[float], axis: int,
                  thickness_mm: float = 6.0) -> tuple[np.ndarray, tuple[float, ...]]:
     """Average consecutive slices along ``axis`` into slabs ``thickness_mm`` thick.
@@ -123,9 +133,7 @@ def thick_slices(volume: np.ndarray, spacing: Sequence[float], axis: int,
     >>> thick[:, 0, 0].tolist(), spacing
     ([2.5, 8.5], (6.0, 1.0, 1.0))
     """
-    factor = round(thickness_mm / float(spacing[axis]))
-    if factor < 1:
-        raise ValueError(f"slices of {spacing[axis]} mm are already thicker than {thickness_mm} mm")
+    factor = _slab_factor(spacing, axis, thickness_mm)
     moved = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, -1)
     keep = moved.shape[-1] // factor * factor
     slabs = moved[..., :keep].reshape(*moved.shape[:-1], -1, factor).mean(-1)
@@ -167,22 +175,37 @@ def bias_field(shape: Sequence[int], amplitude: float = BIAS_AMPLITUDE) -> np.nd
 
 @dataclass(frozen=True)
 class Lesion:
-    """A smooth-edged sphere: centre (voxel index), radius (mm), relative contrast (+ hyper, - hypo)."""
+    """A smooth-edged sphere: centre (voxel index), radius (mm), relative contrast (+ hyper, - hypo).
+
+    On a grid made by averaging slices (:func:`lesions_on_thick_slices`), a voxel stands for
+    several slices and the centre is not at a voxel's middle: ``offset_mm`` is where the centre
+    lies from the middle of voxel ``centre``, and ``slab_half_mm`` how far the averaged slices'
+    own centres reach either side of a voxel's middle, per axis (both 0 on the grid the lesion
+    was placed on).
+    """
 
     centre: tuple[int, int, int]
     radius_mm: float
     contrast: float
+    offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    slab_half_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-def _distance_mm(shape: Sequence[int], centre: Sequence[int], spacing: Sequence[float],
-                 reach_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
-    """The box around ``centre`` reaching ``reach_mm`` and the distance (mm) of its voxels to it."""
+def _distance_mm(shape: Sequence[int], centre: Sequence[int], spacing: Sequence[float], reach_mm: float,
+                 offset_mm: Sequence[float] = (0.0, 0.0, 0.0),
+                 slab_half_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box of voxels around ``centre`` reaching ``reach_mm`` and their distance (mm) to it.
+
+    The point is ``offset_mm`` from the middle of voxel ``centre``; a voxel's distance is that of
+    the nearest of the slice centres it averages, which lie up to ``slab_half_mm`` either side of
+    its middle (a voxel's middle when both are 0).
+    """
     box, axes = [], []
-    for n, c, s in zip(shape, centre, spacing):
-        half = int(np.ceil(reach_mm / float(s)))
+    for n, c, s, offset, slab_half in zip(shape, centre, spacing, offset_mm, slab_half_mm):
+        half = int(np.ceil((reach_mm + abs(offset) + slab_half) / float(s)))
         low, high = max(0, int(c) - half), min(int(n), int(c) + half + 1)
         box.append(slice(low, high))
-        axes.append((np.arange(low, high) - int(c)) * float(s))
+        axes.append(np.maximum(np.abs((np.arange(low, high) - int(c)) * float(s) - offset) - slab_half, 0.0))
     grids = np.meshgrid(*axes, indexing="ij")
     return tuple(box), np.sqrt(sum(g**2 for g in grids))
 
@@ -240,7 +263,8 @@ def lesion_footprint(shape: Sequence[int], lesion: Lesion, spacing: Sequence[flo
 
 
 def insert_lesions(volume: np.ndarray, lesions: Sequence[Lesion], spacing: Sequence[float]) -> np.ndarray:
-    """Multiply ``volume`` by ``1 + contrast * profile`` around each lesion (float32 copy)."""
+    """Multiply ``volume`` by ``1 + contrast * profile`` around each lesion (float32 copy), on the
+    grid the lesions were placed on."""
     out = np.array(volume, dtype=np.float32, copy=True)
     for lesion in lesions:
         box, profile = lesion_footprint(out.shape, lesion, spacing)
@@ -248,10 +272,41 @@ def insert_lesions(volume: np.ndarray, lesions: Sequence[Lesion], spacing: Seque
     return out
 
 
+def lesions_on_thick_slices(lesions: Sequence[Lesion], spacing: Sequence[float], axis: int,
+                            thickness_mm: float = 6.0) -> list[Lesion]:
+    """Where ``lesions`` placed on a grid of ``spacing`` lie after :func:`thick_slices` of it.
+
+    Along ``axis`` the centre becomes the slab holding the centre slice (index // slices per
+    slab), ``offset_mm`` the centre slice's place from the slab's middle, and ``slab_half_mm``
+    half the distance between the slab's first and last slice centres; radii stay in mm. So a
+    thick voxel is as far from a lesion as the nearest of the slices averaged into it: the slab
+    holding the centre counts as inside even when the lesion is thinner than the slab, and a voxel
+    of the neighbouring slab counts as surroundings only if none of its slices reaches nearer.
+
+    >>> thick = lesions_on_thick_slices([Lesion((13, 5, 6), 2.0, 0.2)], (1.0, 1.0, 1.0), 0)[0]
+    >>> thick.centre, thick.offset_mm, thick.slab_half_mm
+    ((2, 5, 6), (-1.5, 0.0, 0.0), (2.5, 0.0, 0.0))
+    """
+    factor = _slab_factor(spacing, axis, thickness_mm)
+    slice_mm = float(spacing[axis])
+    on_slabs = []
+    for lesion in lesions:
+        if lesion.offset_mm != (0.0, 0.0, 0.0) or lesion.slab_half_mm != (0.0, 0.0, 0.0):
+            raise ValueError("lesions must be on the grid they were placed on")
+        slab, place = divmod(int(lesion.centre[axis]), factor)
+        centre, offset, slab_half = list(lesion.centre), [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        centre[axis] = slab
+        offset[axis] = (place - (factor - 1) / 2) * slice_mm
+        slab_half[axis] = (factor - 1) / 2 * slice_mm
+        on_slabs.append(Lesion(tuple(centre), lesion.radius_mm, lesion.contrast, tuple(offset), tuple(slab_half)))
+    return on_slabs
+
+
 def lesion_contrast(image: np.ndarray, lesion: Lesion, spacing: Sequence[float]) -> float:
     """Mean inside the lesion (within ``radius - 0.5 mm``, at least its centre voxel) minus the
-    mean of the shell ``radius + SHELL_MM`` around it."""
-    box, distance = _distance_mm(image.shape, lesion.centre, spacing, lesion.radius_mm + SHELL_MM[1])
+    mean of the shell ``radius + SHELL_MM`` around it (distances as in :class:`Lesion`)."""
+    box, distance = _distance_mm(image.shape, lesion.centre, spacing, lesion.radius_mm + SHELL_MM[1],
+                                 lesion.offset_mm, lesion.slab_half_mm)
     patch = np.asarray(image[box], dtype=np.float64)
     core = distance <= max(lesion.radius_mm - 0.5, 0.0)
     shell = (distance >= lesion.radius_mm + SHELL_MM[0]) & (distance <= lesion.radius_mm + SHELL_MM[1])

@@ -14,6 +14,8 @@ from MRIDenoiseLib.benchmark_cases import (
     contrast_retained,
     insert_lesions,
     lesion_contrast,
+    lesion_profile,
+    lesions_on_thick_slices,
     place_lesions,
     remap_contrast,
     thick_slices,
@@ -117,6 +119,26 @@ def test_gaussian_blur_takes_a_measured_share_of_a_lesions_contrast():
     assert kept == pytest.approx([0.919, 0.704, 0.323], abs=0.005)
 
 
+def test_lesion_on_thick_slices_is_measured_in_its_slab_against_lesion_free_surroundings():
+    """A 3 mm lesion centred on the first slice of a 6 mm slab: inside it are that slab within 2.5 mm
+    in-plane and the slab below, whose last slice is 1 mm from the centre, within 2.29 mm; its
+    shell (4.5-6.5 mm away) holds none of the lesion, though the slab below holds some of it."""
+    image = np.full((36, 41, 41), 100.0, np.float32)
+    lesion = Lesion(centre=(12, 20, 20), radius_mm=3.0, contrast=0.2)
+    thick, thick_spacing = thick_slices(insert_lesions(image, [lesion], SPACING), SPACING, 0)
+    [on_slabs] = lesions_on_thick_slices([lesion], SPACING, 0)
+    assert (on_slabs.centre, on_slabs.offset_mm, on_slabs.slab_half_mm) == ((2, 20, 20), (-2.5, 0, 0), (2.5, 0, 0))
+    # the slab holds the lesion only partly: its centre voxel is the mean of the profile over the slab's slices
+    expected_centre = 100.0 * (1 + 0.2 * lesion_profile(np.arange(6.0), 3.0).mean())
+    assert thick[2, 20, 20] == pytest.approx(expected_centre, rel=1e-5)
+    assert thick[1, 20, 20] > 103.0  # the slab below holds some of it
+    in_plane = np.hypot(*np.meshgrid(np.arange(41.0) - 20, np.arange(41.0) - 20, indexing="ij"))
+    inside = np.concatenate([thick[2][in_plane <= 2.5], thick[1][in_plane <= np.sqrt(2.5**2 - 1)]])
+    assert lesion_contrast(thick, on_slabs, thick_spacing) == pytest.approx(inside.mean() - 100.0, abs=0.02)
+    halved = 0.5 * thick + 50.0
+    assert contrast_retained(thick, halved, [on_slabs], thick_spacing)[0] == pytest.approx(0.5, rel=1e-6)
+
+
 def test_lesions_are_seeded_deep_in_white_matter_and_apart(phantom):
     lesions = place_lesions(phantom, SPACING, count=4, seed=3)
     assert lesions == place_lesions(phantom, SPACING, count=4, seed=3)
@@ -170,3 +192,6 @@ def test_benchmark_case_names_match_the_first_peer_cache():
     names = {case.name for case in quality.CASES}
     assert {"Colin27 1 mm", "IXI080 2 mm", "IXI130 2 mm"} <= names
     assert {"Colin27 6 mm slices PD-like", "Colin27 1 mm T2-like bias", "Colin27 1 mm lesions"} <= names
+    thick_lesions = {case.name: case.group for case in quality.CASES if case.thick and case.lesions}
+    assert thick_lesions == {f"Colin27 6 mm slices{contrast} lesions": "thick lesions"
+                             for contrast in ("", " T2-like", " PD-like")}

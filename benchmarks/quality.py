@@ -18,7 +18,9 @@ Cases (all made from the clean scan before the noise, ``MRIDenoiseLib/benchmark_
   (denoising only: no method corrects the bias);
 - 12 synthetic lesions (radius 2-4 mm, +-10-30% contrast, in white matter) at 5% noise: the
   contrast of each lesion to its surroundings that a method keeps, relative to the clean
-  lesioned scan.
+  lesioned scan; at 1 mm, and on 6 mm slices (the same lesions inserted in the 1 mm scan, then
+  the slab averaging, then the noise), measured on the thick grid
+  (``benchmark_cases.lesions_on_thick_slices``).
 
 Metrics inside the clean case's head mask: PSNR (peak = clean maximum), 3-D SSIM, and the
 residual-gradient correlation (``MRIDenoiseLib.metrics.residual_gradient_correlation``: 0 when
@@ -54,6 +56,7 @@ from MRIDenoiseLib.benchmark_cases import (
     contrast_retained,
     insert_lesions,
     lesion_contrast,
+    lesions_on_thick_slices,
     place_lesions,
     remap_contrast,
     thick_slices,
@@ -110,7 +113,7 @@ class Case:
     @property
     def group(self) -> str:
         if self.lesions:
-            return "lesions"
+            return "thick lesions" if self.thick else "lesions"
         if self.bias:
             return "bias"
         if self.block > 1:
@@ -120,6 +123,7 @@ class Case:
 
 CASES = (
     [Case("Colin27", c, (5,), lesions=True) for c in ("T1", "T2", "PD")]
+    + [Case("Colin27", c, (5,), thick=True, lesions=True) for c in ("T1", "T2", "PD")]
     + [Case("Colin27", c, thick=True, figure=True) for c in ("T1", "T2", "PD")]
     + [Case("IXI080", c) for c in ("T1", "T2", "PD")]
     + [Case("IXI130", "T1")]
@@ -202,6 +206,8 @@ class CaseMaker:
         axis = None
         if case.thick:
             axis = superior_axis(image)
+            if lesions is not None:
+                lesions = lesions_on_thick_slices(lesions, spacing, axis, THICK_MM)
             clean, spacing = thick_slices(clean, spacing, axis, THICK_MM)
         clean, spacing = block_average(clean, spacing, case.block)
         return clean.astype(np.float32), spacing, lesions, axis
@@ -225,6 +231,14 @@ def lesion_patches(volume: np.ndarray, lesions, spacing) -> np.ndarray:
     padded = np.pad(volume, [(0, 0), (half[0], half[0]), (half[1], half[1])], mode="edge")
     return np.stack([padded[les.centre[0], les.centre[1]:les.centre[1] + 2 * half[0] + 1,
                             les.centre[2]:les.centre[2] + 2 * half[1] + 1] for les in lesions])
+
+
+def lesion_entry(lesion) -> dict:
+    """A lesion as the JSON lists it; on thick slices with where its centre lies in its slab."""
+    entry = {"centre": lesion.centre, "radius_mm": lesion.radius_mm, "contrast": lesion.contrast}
+    if any(lesion.slab_half_mm):
+        entry.update(offset_mm=lesion.offset_mm, slab_half_mm=lesion.slab_half_mm)
+    return entry
 
 
 def measure(case, clean, noisy, result, mask, spacing, lesions, seconds) -> dict:
@@ -295,8 +309,7 @@ def main() -> None:
         if lesions is not None:
             picture.update({"clean lesions": lesion_patches(clean, lesions, spacing),
                             "noisy lesions": lesion_patches(noisy, lesions, spacing)})
-            row["lesion_list"] = [{"centre": les.centre, "radius_mm": les.radius_mm, "contrast": les.contrast}
-                                  for les in lesions]
+            row["lesion_list"] = [lesion_entry(les) for les in lesions]
         for method in methods:
             key = f"{case.name}|{percent}|{method}"
             cached = cache.get(key, {})
@@ -385,14 +398,25 @@ CAPTIONS = {
     "bias": ("With a bias field: the clean scan times a fixed smooth field of +-20%, then 5% noise; scored "
              "against the biased clean scan (denoising only, `bias_correction=False`; no method removes the bias)."),
     "lesions": ("With 12 synthetic lesions, 5% noise (the lesion table below is measured on these runs)."),
+    "thick lesions": (f"With the same 12 lesions on {THICK_MM:g} mm slices: inserted in the clean 1 mm scan, then "
+                      f"averaged over {THICK_MM:g} mm slabs along superior-inferior, then 5% noise; scored against the "
+                      "averaged clean lesioned scan (the thick-slice lesion tables below are measured on these runs)."),
+}
+LESION_CAPTIONS = {
+    "lesions": ("Lesion contrast kept at 5% noise (contrast = mean inside the lesion minus mean of a shell "
+                "1.5-3.5 mm around it, relative to the clean lesioned scan): min / median over the lesions "
+                "(how many keep >= 90%)."),
+    "thick lesions": (f"Lesion contrast kept at 5% noise on {THICK_MM:g} mm slices, the same measure on the thick grid, "
+                      f"relative to the clean lesioned {THICK_MM:g} mm scan; a thick voxel is as far from a lesion as "
+                      "the nearest of the 1 mm slices averaged into it (so the slab holding a lesion's centre is "
+                      "inside it, and the shell holds no lesion): min / median over the lesions (how many keep >= 90%)."),
 }
 
 
 def lesion_table(rows: list[dict]) -> str:
+    """Contrast kept per method over the lesions of each of ``rows`` (one lesion group's runs)."""
     lines = ["| contrast | lesions | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise |", "|---|---|---|---|---|---|"]
     for row in rows:
-        if row["group"] != "lesions":
-            continue
         cells = []
         for method in METHODS:
             if method not in row:
@@ -405,6 +429,7 @@ def lesion_table(rows: list[dict]) -> str:
 
 
 def lesion_draws_table(rows: list[dict]) -> str:
+    """Contrast kept over the further noise draws, for those of ``rows`` (one lesion group's runs) that have them."""
     lines = ["| contrast | lesions | noisy (control) | MRIDenoise | lesions of >= 1 sigma | noisy (control) | MRIDenoise |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -424,20 +449,18 @@ def lesion_draws_table(rows: list[dict]) -> str:
 
 def format_tables(rows: list[dict]) -> str:
     parts = []
-    for group in ("iso", "coarse", "thick", "bias", "lesions"):
+    for group in ("iso", "coarse", "thick", "bias", "lesions", "thick lesions"):
         chosen = sorted((r for r in rows if r["group"] == group),
                         key=lambda r: (list(SCANS).index(r["scan"]), CONTRASTS.index(r["contrast"]), r["noise"]))
         if chosen:
             parts.append(CAPTIONS[group] + "\n\n" + TABLE_HEADER + "\n" + "\n".join(format_row(r) for r in chosen))
-    if any(r["group"] == "lesions" for r in rows):
-        parts.append("Lesion contrast kept at 5% noise (contrast = mean inside the lesion minus mean of a shell "
-                     "1.5-3.5 mm around it, relative to the clean lesioned scan): min / median over the lesions "
-                     "(how many keep >= 90%).\n\n" + lesion_table(rows))
-    if any("lesion_draws" in r for r in rows):
-        parts.append(f"The same, averaged over {LESION_DRAWS} further noise draws (noisy input and MRIDenoise; "
-                     "one draw cannot measure a lesion fainter than about one noise sigma): min / median "
-                     "(how many keep >= 90%), over all lesions and over those whose clean contrast is at least "
-                     "one sigma.\n\n" + lesion_draws_table(rows))
+        if chosen and group in LESION_CAPTIONS:
+            parts.append(LESION_CAPTIONS[group] + "\n\n" + lesion_table(chosen))
+        if any("lesion_draws" in r for r in chosen):
+            parts.append(f"The same, averaged over {LESION_DRAWS} further noise draws (noisy input and MRIDenoise; "
+                         "one draw cannot measure a lesion fainter than about one noise sigma): min / median "
+                         "(how many keep >= 90%), over all lesions and over those whose clean contrast is at least "
+                         "one sigma.\n\n" + lesion_draws_table(chosen))
     one_mm = [r["MRIDenoise"]["seconds"] for r in rows if "MRIDenoise" in r and r["case"].startswith("Colin27 1 mm")]
     footer = ("Cells: PSNR (dB) / SSIM inside the head. Residual-gradient correlation: 0 = the residual is "
               "pure noise, higher = more anatomy in the residual (`MRIDenoiseLib.metrics`).")
@@ -524,7 +547,8 @@ def draw_figures(rows: list[dict], pictures: dict, folder: Path) -> list[Path]:
                 if column != "clean" and column in row:
                     title += f"\nkept {100 * row[column]['lesions'][index]:.0f}%"
                 ax.set_title(title, fontsize=7)
-            line[0].text(-0.08, 0.5, f"{CONTRAST_NAMES[row['contrast']]}\nr {lesion['radius_mm']:.1f} mm, "
+            where = f"{THICK_MM:g} mm slices, " if row["group"] == "thick lesions" else ""
+            line[0].text(-0.08, 0.5, f"{where}{CONTRAST_NAMES[row['contrast']]}\nr {lesion['radius_mm']:.1f} mm, "
                          f"{100 * lesion['contrast']:+.0f}%", transform=line[0].transAxes, rotation=90,
                          va="center", ha="right", fontsize=7)
         fig.tight_layout()
