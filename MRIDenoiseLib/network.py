@@ -17,7 +17,7 @@ adds a global preference.
 
 Stage two (``nonlocal_means``) averages the stage-one estimate with a patch-based non-local
 means of the input, and uses that as the guide of a final non-local average of the input: each
-voxel is averaged with the neighbours within two voxels whose guide values match its own. On
+voxel is averaged with the neighbours within three voxels whose guide values match its own. On
 held-out scans it adds 0.5 to 2.5 dB to stage one (BENCHMARKS.md); it is training-free, as the
 output is still an average of input voxels. A small learned correction (gain near zero in the
 bundled weights) is added last.
@@ -48,21 +48,36 @@ FOLD = 2
 SIGMA_CHANNEL_GAIN = 10.0  # brings the normalised sigma (about 0.005-0.12) to the image's range
 LOGIT_BOUND = 3.0  # the learned logit adjustment stays within +-3: it steers SURE, never overrides it wholesale
 SURE_TEMPERATURE = 0.3  # in units of sigma²: lower picks the lowest-risk copy more sharply
-# Share of its lost local mean given back to the stage-two guide (``with_local_detail``): at 0.5
-# the worst synthetic lesion keeps 4-5 points more of its contrast, and the 45 benchmark cases
-# keep their mean PSNR (TRAINING_RUNS.md, "Giving faint lesions back their contrast without
-# training"); 1.0 cost about four times the PSNR for 2-3 points more. With --preserve-detail,
-# which gives back the output's, it would add noise twice: 0 there.
-GUIDE_DETAIL = 0.5
+# Share of its lost local mean given back to the stage-two guide (``with_local_detail``). With
+# stage two's final average over the neighbours within three voxels (``WIDE_REACH``), all of it
+# keeps the synthetic lesions' contrast as half of it did within two (at 1 mm; on 6 mm slices 6-13
+# points more), and PSNR gains on 1 and 2 mm scans (TRAINING_RUNS.md, "A wider stage two"). With
+# --preserve-detail, which gives back the output's, it would add noise twice: 0 there.
+GUIDE_DETAIL = 1.0
+# Squared radius (voxels²) of stage two's final average: 122 neighbours where the guide has its
+# local mean back, 56 where it has not, as more neighbours from around a faint lesion then dim it
+# (with --preserve-detail, 2 points on the worst lesions for 0.12 dB).
+WIDE_REACH = 9
+NARROW_REACH = 5
 
 
 @dataclass(frozen=True)
 class GuideDetail:
     """How much of its lost local mean the stage-two guide gets back, over which neighbourhood
-    (voxels along z, y, x: ``local_means.local_mean_kernel``, not across thick slices)."""
+    (voxels along z, y, x: ``local_means.local_mean_kernel``, not across thick slices), and so how
+    far the final average it steers reaches.
+
+    >>> GuideDetail().final_reach, GuideDetail(0.0).final_reach
+    (9, 5)
+    """
 
     share: float = GUIDE_DETAIL
     kernel: tuple[int, int, int] = (3, 3, 3)
+
+    @property
+    def final_reach(self) -> int:
+        """Squared radius of the final average this guide steers (``WIDE_REACH`` or ``NARROW_REACH``)."""
+        return WIDE_REACH if self.share > 0 else NARROW_REACH
 
 
 @dataclass(frozen=True)
@@ -241,5 +256,5 @@ class DenoiserNet(nn.Module):
         # into a guide cleaner than either, which then tells which neighbours to average.
         guide = with_local_detail(0.5 * (first + patch_means(image, variance)), image, sigma, guide_detail)
         if self.config.correction_in_guide:
-            return guided_means(image, guide + self.correction_gain * correction, variance)
-        return guided_means(image, guide, variance) + self.correction_gain * correction
+            return guided_means(image, guide + self.correction_gain * correction, variance, guide_detail.final_reach)
+        return guided_means(image, guide, variance, guide_detail.final_reach) + self.correction_gain * correction

@@ -191,13 +191,15 @@ def guided_means(
     width: float = 0.8,
     spatial_decay: float = 0.3,
 ) -> torch.Tensor:
-    """Means of ``image`` over neighbours whose ``guide`` values are within about ``width`` σ of
-    the voxel's own, and nearer neighbours more (a factor exp(-``spatial_decay`` |d|²))."""
+    """Means of ``image`` over neighbours within ``squared_radius`` (voxels²) whose ``guide``
+    values are within about ``width`` σ of the voxel's own, and nearer neighbours more (a factor
+    exp(-``spatial_decay`` |d|²))."""
     scale = -1 / (width * width * variance)
 
     def pair_weight(offset, here, there):
-        difference = guide[here] - guide[there]
-        nearness = torch.full_like(scale, -spatial_decay * sum(v * v for v in offset))
-        return torch.exp(torch.addcmul(nearness, difference, difference * scale).clamp_(min=EXP_FLOOR))
+        weight = guide[here] - guide[there]
+        nearness = -spatial_decay * sum(v * v for v in offset)
+        # In place on the difference, a tensor of its own (autograd follows these in-place steps).
+        return weight.square_().mul_(scale).add_(nearness).clamp_(min=EXP_FLOOR).exp_()
 
     return _rician_average(image, variance, squared_radius, pair_weight)

@@ -134,9 +134,10 @@ def test_the_guide_given_back_its_local_mean_dims_faint_lesions_less():
     for seed in range(3):
         noisy = add_rician_noise(clean, 5.0, np.random.default_rng(seed))
         (kept_without, error_without), (kept_with, error_with) = (kept_and_error(noisy, d) for d in (0.0, GUIDE_DETAIL))
-        # Measured: 0.84 / 0.86 / 0.76 of the contrast without, 0.03 more with; 5% more error around them.
+        # Measured: 0.84 / 0.86 / 0.76 of the contrast without, 0.03 more with (and the wider
+        # final average that comes with it, GuideDetail.final_reach); 5% less error around them.
         assert kept_with > kept_without + 0.015
-        assert error_with < 1.1 * error_without
+        assert error_with < error_without
 
 
 def test_the_guide_is_not_given_back_a_mean_across_thick_slices(tiny_weights):
