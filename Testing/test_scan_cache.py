@@ -214,3 +214,13 @@ def test_a_run_whose_entry_a_later_start_removed_goes_on_with_the_scan_as_it_is_
     now = running.as_sample()["target"]
     np.testing.assert_array_equal(now, load_scan(paths[0]).volume)
     assert not np.array_equal(now, before)
+
+
+def test_only_rank_0_removes_outdated_entries(tmp_path):
+    paths, cache = _folder(tmp_path, count=1), tmp_path / "cache"
+    first = scan_cache.prepared_scans(paths, cache, _no_skips)[0]
+    write_volume(paths[0], phantom((36, 40, 32), 7))
+    scan_cache.prepared_scans(paths, cache, _no_skips, rank=1, world_size=2)
+    assert first.volume_file.exists()
+    scan_cache.prepared_scans(paths, cache, _no_skips, rank=0, world_size=2)
+    assert not first.volume_file.exists()

@@ -199,13 +199,15 @@ def preparation_order(count: int, rank: int = 0, world_size: int = 1) -> list[in
 def prepared_scans(paths: list[Path], cache_dir: Path | str, skipped: Callable[[Path, str], None],
                    rank: int = 0, world_size: int = 1) -> list[CachedScan]:
     """The scans of ``paths`` that can be trained on, in order, prepared in ``cache_dir`` where they
-    are not yet; ``skipped(path, reason)`` hears of the others, in order (as ``load_scans``). The
-    entries of earlier versions of these scans are removed first."""
+    are not yet; ``skipped(path, reason)`` hears of the others, in order (as ``load_scans``). Rank 0
+    first removes the entries of earlier versions of these scans (every rank would check every scan
+    and record again)."""
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cache_dir)
-        remove_outdated_entries(cache_dir, paths)
+        if rank == 0:
+            remove_outdated_entries(cache_dir, paths)
     except OSError as error:
         raise InputError(f"{cache_dir}: cannot keep the scan cache there ({error.strerror})") from None
     prepared: dict[int, CachedScan | str] = {}
