@@ -12,8 +12,12 @@ from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic as MRIDenoiseCoreLogic
@@ -255,7 +259,9 @@ class MRIDenoiseLogic(ScriptedLoadableModuleLogic, MRIDenoiseCoreLogic):
                     import PyTorchUtils
                 except ImportError as error:
                     raise RuntimeError("Install the PyTorch extension from the Extensions Manager first.") from error
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT[5:]) is None:
+                installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT[5:])
+                if installed is None:
                     raise RuntimeError("PyTorch could not be installed; see the PyTorch Utils module.")
             others = [req for req in missing if req != TORCH_REQUIREMENT]
             if others:

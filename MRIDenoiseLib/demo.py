@@ -62,7 +62,8 @@ def run_demo(output_dir: Path, noise_percent: float = 5.0, device: str = "auto",
     sigma = noise_percent / 100 * float(clean.max())
     noisy = add_rician_noise(clean * field, sigma, np.random.default_rng(DEMO_SEED))
     if reporter is not None:
-        reporter.line(f"MNI152 T1 {clean.shape[::-1]}: added Rician noise sigma {sigma:.3g} ({noise_percent}% of the maximum) and a smooth bias field")
+        reporter.line(f"MNI152 T1 {clean.shape[::-1]}: added Rician noise sigma {sigma:.3g} ({noise_percent}% of the maximum) "
+                      "and a smooth bias field")
     pipeline = DenoisePipeline()
     result = pipeline.run(noisy, reference.GetSpacing(), bias_correction=True, device=device,
                           progress=reporter.progress if reporter is not None else None)
@@ -94,7 +95,8 @@ def run_demo(output_dir: Path, noise_percent: float = 5.0, device: str = "auto",
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if reporter is not None:
         reporter.line(f"estimated sigma {result.sigma:.3g} (true {sigma:.3g})")
-        reporter.line(f"PSNR in the head: noisy {metrics['noisy']['psnr']:.2f} dB -> denoised {metrics['denoised']['psnr']:.2f} dB; "
+        reporter.line(f"PSNR in the head: noisy {metrics['noisy']['psnr']:.2f} dB -> "
+                      f"denoised {metrics['denoised']['psnr']:.2f} dB; "
                       f"SSIM {metrics['noisy']['ssim']:.3f} -> {metrics['denoised']['ssim']:.3f}")
         reporter.line(f"bias field recovered with correlation {metrics['bias_field_correlation']:.3f}")
         reporter.line(f"wrote volumes, comparison.png and metrics.json to {output_dir}")

@@ -74,7 +74,8 @@ def summary_text(summary: dict, seconds: float) -> str:
     'GPU out of memory (OutOfMemoryError); running on the CPU'
     """
     text = (f"Done in {seconds:.1f} s on {summary.get('device', '?')}. Estimated noise: "
-            f"{summary.get('sigma_percent', float('nan')):.2f}% of the robust maximum (sigma {summary.get('sigma', float('nan')):.3g}).")
+            f"{summary.get('sigma_percent', float('nan')):.2f}% of the robust maximum "
+            f"(sigma {summary.get('sigma', float('nan')):.3g}).")
     return " ".join([text, *summary.get("notes", [])])
 
 

@@ -123,7 +123,8 @@ def _native_stderr_held(printed: list[str]) -> Iterator[None]:
 def check_image(image: sitk.Image, name: str = "input") -> sitk.Image:
     """Refuse vector images, series (4-D and up) and what ``check_voxels`` refuses; promote 2-D to one slice."""
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector or RGB); a scalar MRI volume is needed")
+        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector or RGB); "
+                         "a scalar MRI volume is needed")
     if image.GetDimension() == 4:
         raise InputError(f"{name}: is 4-D ({image.GetSize()[3]} volumes); pick one volume with --volume N")
     if image.GetDimension() == 2:

@@ -65,7 +65,8 @@ def load_network(path: Path | str = DEFAULT_WEIGHTS) -> DenoiserNet:
     expected = sums.read_text().split()[0]
     actual = sha256_of(path)
     if actual != expected:
-        raise WeightsError(f"weights checksum mismatch for {path.name}: expected {expected[:12]}…, got {actual[:12]}… (damaged or replaced file)")
+        raise WeightsError(f"weights checksum mismatch for {path.name}: expected {expected[:12]}…, got {actual[:12]}… "
+                           "(damaged or replaced file)")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
         network = DenoiserNet(NetworkConfig.from_dict(bundle["config"]))

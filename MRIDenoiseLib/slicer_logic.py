@@ -48,12 +48,14 @@ class MRIDenoiseLogic:
         if inputVolume is None:
             raise ValueError("Select an input volume.")
         if not inputVolume.IsA("vtkMRMLScalarVolumeNode") or inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise ValueError(f"{inputVolume.GetName()} is not a scalar volume (label maps, vector and tensor volumes are not denoised).")
+            raise ValueError(f"{inputVolume.GetName()} is not a scalar volume "
+                             "(label maps, vector and tensor volumes are not denoised).")
         image = inputVolume.GetImageData()
         if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
             raise ValueError(f"{inputVolume.GetName()} holds no voxels.")
         if image.GetNumberOfScalarComponents() != 1:
-            raise ValueError(f"{inputVolume.GetName()} has {image.GetNumberOfScalarComponents()} components per voxel; a scalar MRI volume is needed.")
+            raise ValueError(f"{inputVolume.GetName()} has {image.GetNumberOfScalarComponents()} components per voxel; "
+                             "a scalar MRI volume is needed.")
         if inputVolume.GetScene() is None:
             raise ValueError(f"{inputVolume.GetName()} is not in a scene.")
         # What the worker would refuse, refused here before it starts (InputError is a ValueError).

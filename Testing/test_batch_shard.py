@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from conftest import REPO, phantom, write_volume
 
 from MRIDenoiseLib.cli import main

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from conftest import REPO, TINY_NETWORK, phantom, write_volume
 
 from MRIDenoiseLib.cli import build_parser, main

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_NETWORK, phantom
+
 from MRIDenoiseLib import inference
 from MRIDenoiseLib.inference import Cancelled, denoise_volume, window_count, window_size
 from MRIDenoiseLib.model import load_network, save_weights

@@ -17,8 +17,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
-from MRIDenoiseLib.cli import Reporter, main
+
 from MRIDenoiseLib.batch import claim_scan, denoise_batch, held
+from MRIDenoiseLib.cli import Reporter, main
 from MRIDenoiseLib.io import InputError, is_stale, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
@@ -265,7 +266,8 @@ def test_damaged_weights_are_refused(tmp_path, tiny_weights, capsys):
 def test_installed_command_prints_sigma_and_stage_times(tmp_path, tiny_weights):
     source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
     done = subprocess.run([sys.executable, "-m", "MRIDenoiseLib.cli", "denoise", str(source), str(tmp_path / "out.nii.gz"),
-                           "--weights", str(tiny_weights)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+                           "--weights", str(tiny_weights)],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr
     assert "estimated noise sigma" in done.stdout
     for stage in ("read", "noise estimate", "denoising", "bias correction", "write", "total"):
@@ -274,7 +276,8 @@ def test_installed_command_prints_sigma_and_stage_times(tmp_path, tiny_weights):
 
 def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "MRIDenoiseLib.cli", "denoise", str(tmp_path / "missing.nii"),
-                           str(tmp_path / "out.nii.gz")], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+                           str(tmp_path / "out.nii.gz")],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
 

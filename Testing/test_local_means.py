@@ -6,6 +6,7 @@ from scipy import ndimage
 
 from conftest import phantom, write_volume
 from test_slicer_scene import SlicerLikeScene, slicer
+
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.local_means import restore_local_means

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import textured_series
+
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma, estimate_sigma_from_series, estimate_sigma_in_series
 

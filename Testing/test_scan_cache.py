@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from conftest import phantom, write_volume
 
 from MRIDenoiseLib.input_checks import InputError

@@ -100,6 +100,7 @@ def test_scene_without_layout_gives_a_clear_error():
 
 def test_snapshot_renders_the_three_views_of_a_real_run(tmp_path, tiny_weights):
     from conftest import phantom, write_volume
+
     from MRIDenoiseLib.comparison_snapshot import snapshot
     from MRIDenoiseLib.worker_process import InProcessRunner
 

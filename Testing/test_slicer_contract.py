@@ -25,9 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_package_exports_the_logic_lazily():
     import MRIDenoiseLib
-    from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic as direct
-
     from MRIDenoiseLib import MRIDenoiseLogic
+    from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic as direct
 
     assert MRIDenoiseLogic is direct
     with pytest.raises(AttributeError):

@@ -100,7 +100,8 @@ def module(monkeypatch):
     laid = SlicerLikeScene()
     FakeTimer.live = []
     monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=FakeTimer))
-    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text))
+    monkeypatch.setitem(sys.modules, "slicer.i18n",
+                        types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text))
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", types.SimpleNamespace(
         parameterNodeWrapper=wrap_parameter_node, Choice=lambda choices: None, WithinRange=lambda low, high: None))
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", types.SimpleNamespace(

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
-import slicer.util  # noqa: E402
-from MRIDenoiseLib.headless_scene import HeadlessScene  # noqa: E402
+import slicer.util  # noqa: E402, F811 (after the importorskip that binds slicer)
 from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
+
+from MRIDenoiseLib.headless_scene import HeadlessScene  # noqa: E402
 
 
 def oblique_ijk_to_ras(spacing=(0.9, 1.1, 3.0), origin=(-90.5, 12.25, 40.0)) -> np.ndarray:

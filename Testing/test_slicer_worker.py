@@ -15,10 +15,12 @@ import pytest
 from conftest import phantom
 from test_slicer_scene import SlicerLikeScene, ijk_to_ras, slicer
 
-from MRIDenoiseLib import pipeline, progress_protocol as protocol
+from MRIDenoiseLib import pipeline
+from MRIDenoiseLib import progress_protocol as protocol
 from MRIDenoiseLib.denoise_job import CANCELLED, COMPLETED
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
-from MRIDenoiseLib.worker import EXIT_USER, main as worker_main
+from MRIDenoiseLib.worker import EXIT_USER
+from MRIDenoiseLib.worker import main as worker_main
 from MRIDenoiseLib.worker_process import SubprocessRunner, kill_process_tree
 
 LIGHT = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

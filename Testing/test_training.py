@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
+
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.model import WeightsError, checksum_path, load_network, sha256_of
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split

@@ -6,6 +6,7 @@ from monai.networks.nets import UNet as MonaiUNet
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
 from conftest import TINY_NETWORK
+
 from MRIDenoiseLib.model import load_network
 from MRIDenoiseLib.network import DenoiserNet
 from MRIDenoiseLib.unet import UNet, pixel_shuffle, pixel_unshuffle

@@ -151,11 +151,13 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesio
             RandSpatialCropd(spatial, roi_size=REGION_VOXELS, random_size=False),
             # Zooming in makes anatomy smoother per voxel, as on finer or smoother scans than
             # the sharp 2 mm IXI majority; without it the network learns never to smooth.
-            RandZoomd(spatial, prob=0.6 * smoothing_share, min_zoom=1.0, max_zoom=2.0, mode=("trilinear", "nearest"), keep_size=True),
+            RandZoomd(spatial, prob=0.6 * smoothing_share, min_zoom=1.0, max_zoom=2.0, mode=("trilinear", "nearest"),
+                      keep_size=True),
             # MRI signal is band-limited (k-space truncation, apodisation, interpolating
             # reconstructions) while its noise is white: a random point-spread width teaches
             # the network to tell the two apart instead of treating all fine texture as anatomy.
-            RandGaussianSmoothd(["target"], prob=0.5 * smoothing_share, sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
+            RandGaussianSmoothd(["target"], prob=0.5 * smoothing_share,
+                                sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
             RandAxisFlipd(spatial, prob=0.5),
             RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
             RandContrastRemapd(["target"], prob=0.7),

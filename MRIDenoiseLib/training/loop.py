@@ -61,7 +61,8 @@ class TrainConfig:
     loss: str = "l1"
     smoothing_augmentation: bool = True
     lesions: bool = False
-    network: dict = field(default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
+    network: dict = field(
+        default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
 
 
 def _patch_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
