@@ -35,7 +35,6 @@ import quality  # noqa: E402
 
 from MRIDenoiseLib.mask import head_mask  # noqa: E402
 from MRIDenoiseLib.metrics import psnr  # noqa: E402
-from MRIDenoiseLib.noise import add_rician_noise  # noqa: E402
 from MRIDenoiseLib.pipeline import DenoisePipeline  # noqa: E402
 
 
@@ -93,7 +92,7 @@ def main() -> None:
         mask = head_mask(clean)
         for percent in case.noise:
             sigma = percent / 100 * float(clean.max())
-            noisy = add_rician_noise(clean, sigma, np.random.default_rng(1000 + percent))
+            noisy = quality.case_noise(clean, percent)
             ours = pipeline.run(noisy, tuple(reversed(spacing)), bias_correction=False).denoised
             peers = [psnr(clean, noisy, mask)] + [cache[f"{case.name}|{percent}|{m}"]["psnr"] for m in ("DIPY", "ANTs")]
             scores = {"best peer": max(peers), "MRIDenoise": psnr(clean, ours, mask)}

@@ -213,6 +213,11 @@ class CaseMaker:
         return clean.astype(np.float32), spacing, lesions, axis
 
 
+def case_noise(clean: np.ndarray, percent: int) -> np.ndarray:
+    """The case's noisy volume: Rician noise of ``percent``% of the clean maximum, one fixed draw per level."""
+    return add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(1000 + percent))
+
+
 def figure_slice(case: Case, shape, axis) -> tuple[int, int]:
     """(axis, index) of the slice shown in the figure: axial for 1 mm, across the slabs for thick."""
     if case.thick:
@@ -299,7 +304,7 @@ def main() -> None:
             made = case, clean, spacing, lesions, axis, head_mask(clean)
         _, clean, spacing, lesions, axis, mask = made
         spacing_xyz = tuple(reversed(spacing))
-        noisy = add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(1000 + percent))
+        noisy = case_noise(clean, percent)
         row = {"case": case.name, "scan": case.scan, "contrast": case.contrast, "group": case.group,
                "noise": percent, "shape": list(clean.shape), "spacing": list(spacing)}
         where = figure_slice(case, clean.shape, axis)
