@@ -47,6 +47,7 @@ class MRIDenoiseParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     biasCorrection: bool = True
     preserveDetail: bool = False
+    thorough: bool = False
     device: Annotated[str, Choice(["Auto", "GPU", "CPU"])] = "Auto"
     createResidual: bool = False
     createBiasField: bool = False
@@ -154,7 +155,8 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=DEVICE_BY_LABEL[node.device], createResidual=node.createResidual,
                 createBiasField=node.createBiasField, residualVolume=reused("residual", node.createResidual),
                 biasFieldVolume=reused("bias field", node.createBiasField),
-                waitForCompletion=False, eventCallback=self.onJobEvent, preserveDetail=node.preserveDetail)
+                waitForCompletion=False, eventCallback=self.onJobEvent, preserveDetail=node.preserveDetail,
+                thorough=node.thorough)
         self._checkCanApply()
 
     def onJobEvent(self, event) -> None:

@@ -47,6 +47,7 @@ def denoise_file(
     pipeline: DenoisePipeline | None = None,
     reporter=None,
     preserve_detail: bool = False,
+    thorough: bool = False,
 ) -> DenoiseResult:
     """Denoise one scan into ``output_path``; the input is only read, never written."""
     if save_bias is not None and not bias_correction:
@@ -74,7 +75,8 @@ def denoise_file(
     del series  # a long series need not stay in memory while the volume is denoised
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, image.GetSpacing(), bias_correction=bias_correction, device=device,
-                          sigma=sigma, progress=progress, preserve_detail=preserve_detail)
+                          sigma=sigma, progress=progress, preserve_detail=preserve_detail,
+                          thorough=thorough)
     result.seconds[STAGE_NOISE] += series_seconds
     outputs = [(image_like(result.denoised, image), output_path)]
     if save_bias is not None:

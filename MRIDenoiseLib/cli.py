@@ -70,7 +70,8 @@ def _denoise(args: argparse.Namespace) -> int:
 
     reporter = Reporter(args.quiet)
     options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
-                   volume=args.volume, weights=args.weights, preserve_detail=args.preserve_detail)
+                   volume=args.volume, weights=args.weights, preserve_detail=args.preserve_detail,
+                   thorough=args.thorough)
     inputs = batch_inputs(args.input)
     if inputs is None and args.shard:
         raise InputError("--shard splits a batch (a folder or a .txt list), not one scan")
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--preserve-detail", action="store_true",
                          help="give back what denoising took from each 3x3x3 neighbourhood's mean: faint lesions "
                               "keep more contrast, a little noise stays (see BENCHMARKS.md)")
+    denoise.add_argument("--thorough", action="store_true",
+                         help="refine with a Wiener filter in 4x4x4 DCT windows: higher PSNR, on a CPU several times "
+                              "slower; small faint lesions dim unless --preserve-detail is given too (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")

@@ -41,6 +41,7 @@ class DenoiseRequest:
     biasFieldVolume: Any = None
     weights: Optional[str] = None
     preserveDetail: bool = False
+    thorough: bool = False
 
     def outputs(self) -> dict[str, Any]:
         """Result name -> node to reuse (or None: create), for the results asked for."""
@@ -142,6 +143,8 @@ class DenoiseJob:
             arguments.append("--no-n4")
         if request.preserveDetail:
             arguments.append("--preserve-detail")
+        if request.thorough:
+            arguments.append("--thorough")
         if request.weights:
             arguments += ["--weights", request.weights]
         return [str(argument) for argument in arguments]

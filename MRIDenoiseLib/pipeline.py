@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from .bias import correct_bias
+from .dct_wiener import dct_wiener
 from .inference import Cancelled, denoise_volume, resolve_device
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
@@ -37,6 +39,7 @@ StageProgress = Callable[[str, float], None]
 STAGE_NOISE = "noise estimate"
 STAGE_DENOISE = "denoising"
 STAGE_BIAS = "bias correction"
+NETWORK_SHARE_THOROUGH = 0.35
 
 
 @dataclass
@@ -80,12 +83,16 @@ class DenoisePipeline:
         progress: Optional[StageProgress] = None,
         cancel: Optional[Callable[[], bool]] = None,
         preserve_detail: bool = False,
+        thorough: bool = False,
     ) -> DenoiseResult:
         """Denoise (and, unless told not to, bias-correct) one 3-D volume.
 
         ``spacing`` is (x, y, z) in mm; ``sigma`` overrides the automatic noise estimate.
         ``preserve_detail`` gives back what denoising took from each 3x3x3 neighbourhood's mean
         (``local_means``): faint lesions keep more of their contrast, the output keeps a little noise.
+        ``thorough`` refines the network's output with a Wiener filter of the input in 4x4x4 DCT
+        windows (``dct_wiener``): higher PSNR, fainter small lesions unless ``preserve_detail`` is
+        given too, and on a CPU several times slower.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -114,12 +121,27 @@ class DenoisePipeline:
         network = self.network
         chosen = resolve_device(device)
         started = time.perf_counter()
+        # With the Wiener step, which takes about twice as long as the network on a CPU, the
+        # network's progress fills the first third of the stage.
+        network_share = NETWORK_SHARE_THOROUGH if thorough else 1.0
         denoised = denoise_volume(
             volume, sigma, network, chosen,
-            progress=lambda fraction: report(STAGE_DENOISE, fraction),
+            progress=lambda fraction: report(STAGE_DENOISE, network_share * fraction),
             cancel=cancel, on_fallback=notes.append,
             guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, local_mean_kernel(tuple(reversed(spacing)))),
         )
+        if thorough:
+            check_cancel()
+            # On CUDA unless it ran out of memory; MPS lacks the float64 of the Rician mappings.
+            on_device = chosen if chosen.type == "cuda" and not notes else resolve_device("cpu")
+
+            def wiener_progress(fraction):
+                report(STAGE_DENOISE, network_share + (1 - network_share) * fraction)
+                check_cancel()
+
+            with torch.inference_mode():
+                denoised = dct_wiener(torch.from_numpy(volume).to(on_device), torch.from_numpy(denoised).to(on_device),
+                                      sigma, progress=wiener_progress).cpu().numpy()
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
         if not np.isfinite(denoised).all():

@@ -280,6 +280,7 @@ def main() -> None:
     parser.add_argument("--cases", help="only the cases whose name matches this regular expression")
     parser.add_argument("--weights", help="MRIDenoise weights file (default: the bundled ones)")
     parser.add_argument("--preserve-detail", action="store_true", help="run MRIDenoise with --preserve-detail")
+    parser.add_argument("--thorough", action="store_true", help="run MRIDenoise with --thorough")
     parser.add_argument("--peers-only", action="store_true", help="only fill the peer cache")
     parser.add_argument("--cached-peers-only", action="store_true",
                         help="do not run DIPY or ANTs: peers missing from the cache are left out (shown as -)")
@@ -290,7 +291,7 @@ def main() -> None:
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     slices = dict(np.load(slices_path)) if slices_path and slices_path.is_file() else {}
     pipeline = DenoisePipeline(weights=args.weights)
-    options = {"preserve_detail": args.preserve_detail}
+    options = {"preserve_detail": args.preserve_detail, "thorough": args.thorough}
     methods = METHODS[:3] if args.peers_only else METHODS
     maker = CaseMaker(Path(args.data))
     runs = sorted(((c, p) for c in CASES if not args.cases or re.search(args.cases, c.name) for p in c.noise),
