@@ -135,12 +135,15 @@ def dct_wiener(
         gain = gain.div_(gain + variance)
         weight = 1 / gain.square().sum(dim=(-3, -2, -1)).clamp_(min=1e-3)
         coefficients.mul_(gain).mul_(weight[..., None, None, None])
+        # Each window's voxels by their offset (u, v, w) in steps first: every offset's share is
+        # then one contiguous array to add in place.
         blocks = _blocks(coefficients, basis).reshape(*weight.shape, reach, step, reach, step, reach, step)
+        blocks = blocks.permute(3, 5, 7, 0, 1, 2, 4, 6, 8).contiguous()
         for u in range(reach):
             for v in range(reach):
                 for w in range(reach):
                     target = (slice(first + u, last + u), slice(v, v + windows[1]), slice(w, w + windows[2]))
-                    total[target] += blocks[:, :, :, u, :, v, :, w, :]
+                    total[target] += blocks[u, v, w]
                     weight_sum[target] += weight
         if progress is not None:
             progress(last / windows[0])

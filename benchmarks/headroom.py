@@ -8,12 +8,12 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   transform filtering, for Gaussian noise; run on the magnitude with the true sigma, then
   Rician-corrected as sqrt(max(x² - σ², 0)).
 - **DCT Wiener** (BM3D's second step without block matching, ``MRIDenoiseLib.dct_wiener``, what
-  ``--thorough`` adds): every window of ``--block``³ voxels of the noisy image, one voxel apart,
-  is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain P² / (P² + σ²)
-  of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
+  ``--thorough`` adds): every window of ``--block``³ voxels of the noisy image, ``--step`` voxels
+  apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
+  P² / (P² + σ²) of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
   weights 1 / Σ gain², and the result mapped through the inverse Rician mean; with the true sigma.
 
-    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" [--bm4d] [--block 4]
+    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" [--bm4d] [--block 4] [--step 1]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path(__file__).parent / "results" / "peers_cache.json"))
     parser.add_argument("--cases", default="Colin27 2 mm", help="regular expression over the case names")
     parser.add_argument("--block", type=int, default=4, help="DCT window side, voxels")
+    parser.add_argument("--step", type=int, default=1, help="voxels between windows (must divide --block)")
     parser.add_argument("--bm4d", action="store_true", help="also run BM4D (about 40 s per 2 mm volume on 2 cores)")
     args = parser.parse_args()
     cache = json.loads(Path(args.cache).read_text())
@@ -59,8 +60,8 @@ def main() -> None:
             peers = [psnr(clean, noisy, mask)] + [cache[f"{case.name}|{percent}|{m}"]["psnr"] for m in ("DIPY", "ANTs")]
             scores = {"best peer": max(peers), "MRIDenoise": psnr(clean, ours, mask)}
             started = time.perf_counter()
-            filtered = dct_wiener(torch.from_numpy(noisy), torch.from_numpy(ours), sigma, args.block, step=1).numpy()
-            scores[f"DCT Wiener {args.block}"] = psnr(clean, filtered, mask)
+            filtered = dct_wiener(torch.from_numpy(noisy), torch.from_numpy(ours), sigma, args.block, args.step).numpy()
+            scores[f"DCT Wiener {args.block}/{args.step}"] = psnr(clean, filtered, mask)
             seconds = {"DCT": time.perf_counter() - started}
             if args.bm4d:
                 import bm4d

@@ -11,7 +11,7 @@ difference, one that removes anatomy raises it. No clean truth is needed, but wh
 share beyond noise (motion, physiology, ghosts) stays in every figure. Methods: the raw volume 0, DIPY
 ``nlmeans(rician=True)`` with its own sigma estimate, ANTs ``denoise_image(noise_model="Rician")``,
 MRIDenoise with the sigma estimated from volume 0 alone (what a 3-D file gets) and with the
-series' sigma (what ``--volume 0`` on the 4-D file gets).
+series' sigma (what ``--volume 0`` on the 4-D file gets), each also with ``--thorough``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def compare(name: str, pipeline: DenoisePipeline) -> dict:
         "ANTs": run_ants(first, spacing),
         "MRIDenoise": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.alone).denoised,
         "MRIDenoise, series sigma": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.sigma).denoised,
+        "--thorough": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.alone, thorough=True).denoised,
+        "--thorough, series sigma": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.sigma,
+                                                 thorough=True).denoised,
     }
     errors = {method: float(((result - others)[inside] ** 2).mean()) for method, result in results.items()}
     return {"series": name, "shape": list(first.shape), "volumes": len(series), "spacing": spacing,

@@ -12,7 +12,8 @@ against MRIDenoise without N4. ``--add-noise P`` first writes a copy of the scan
 of P% of its maximum (seeded) and times everything on that copy: ANTs' run time depends on the
 image (on clean Colin27 it takes less than half as long as on a noisy one). ``--batch N`` also
 times one batch of N copies of the scan (``mridenoise denoise FOLDER OUT``, one process, the model
-loaded once), without and with N4, and prints the time per scan.
+loaded once), without and with N4, and prints the time per scan. ``--thorough`` also times
+``--thorough --no-n4``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--ants", type=int, default=0, metavar="N", help="also time ANTs DenoiseImage N times")
     parser.add_argument("--add-noise", type=float, metavar="PERCENT", help="time on a noisy copy of the scan")
     parser.add_argument("--batch", type=int, default=0, metavar="N", help="also time one batch of N copies of the scan")
+    parser.add_argument("--thorough", action="store_true", help="also time --thorough (without N4)")
     args = parser.parse_args()
     beside = os.path.join(os.path.dirname(sys.executable), "mridenoise")
     executable = beside if os.path.exists(beside) else shutil.which("mridenoise")
@@ -55,7 +57,10 @@ def main() -> None:
         if args.add_noise:
             args.scan = write_noisy_copy(args.scan, args.add_noise, os.path.join(folder, "noisy.nii.gz"))
         medians = {}
-        for label, extra in (("without N4", ["--no-n4"]), ("with N4", [])):
+        variants = [("without N4", ["--no-n4"]), ("with N4", [])]
+        if args.thorough:
+            variants.append(("--thorough without N4", ["--no-n4", "--thorough"]))
+        for label, extra in variants:
             command = [executable, "denoise", args.scan, output, "--device", args.device, "--quiet", *extra]
             run_once(command)
             medians[label] = report(label, [run_once(command) for _ in range(args.runs)])
