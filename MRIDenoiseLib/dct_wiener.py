@@ -80,21 +80,32 @@ def rician_amplitude(mean: torch.Tensor, sigma: float) -> torch.Tensor:
     return amplitude.to(mean.dtype)
 
 
-def _coefficients(rows: torch.Tensor, basis: torch.Tensor, step: int) -> torch.Tensor:
-    """The DCT of every window of ``rows`` (D, H, W): (windows along D, H, W, then the block's frequencies)."""
-    length = basis.shape[0]
-    coefficients = rows
-    for axis in range(3):
-        coefficients = coefficients.unfold(axis, length, step).contiguous() @ basis.T
-    return coefficients
+@functools.cache
+def _axis_filters(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grouped convolution weights of the DCT along D, H and W in turn: the first makes one
+    channel per frequency along D, the second splits each into the frequencies along H, the
+    third along W (channels ordered by frequency along D, H, W, the last fastest)."""
+    basis = dct_basis(length)
+    return (basis.reshape(length, 1, length, 1, 1), basis.repeat(length, 1).reshape(length**2, 1, 1, length, 1),
+            basis.repeat(length**2, 1).reshape(length**3, 1, 1, 1, length))
 
 
-def _blocks(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``_coefficients`` per window: (windows..., block voxels along D, H, W)."""
-    blocks = coefficients
-    for axis in (-1, -2, -3):
-        blocks = (blocks.transpose(axis, -1).contiguous() @ basis).transpose(axis, -1)
-    return blocks
+def _coefficients(rows: torch.Tensor, length: int, step: int) -> torch.Tensor:
+    """The DCT of every window of ``rows`` (D, H, W), windows ``step`` apart:
+    (frequency, windows along D, H, W)."""
+    first, second, third = (weight.to(rows.device) for weight in _axis_filters(length))
+    channels = F.conv3d(rows[None, None], first, stride=(step, 1, 1))
+    channels = F.conv3d(channels, second, stride=(1, step, 1), groups=length)
+    return F.conv3d(channels, third, stride=(1, 1, step), groups=length**2)[0]
+
+
+def _put_back(coefficients: torch.Tensor, length: int, step: int) -> torch.Tensor:
+    """The inverse of ``_coefficients``, summed where windows overlap: (D, H, W) of the rows the
+    windows cover. The transposed convolutions invert the DCT and add the windows up at once."""
+    first, second, third = (weight.to(coefficients.device) for weight in _axis_filters(length))
+    channels = F.conv_transpose3d(coefficients[None], third, stride=(1, 1, step), groups=length**2)
+    channels = F.conv_transpose3d(channels, second, stride=(1, step, 1), groups=length)
+    return F.conv_transpose3d(channels, first, stride=(step, 1, 1))[0, 0]
 
 
 def dct_wiener(
@@ -110,11 +121,9 @@ def dct_wiener(
     ``progress`` is told the share done after each chunk of windows (and may raise to stop)."""
     if block % step:
         raise ValueError(f"the window step {step} must divide the window {block}")
-    reach = block // step
-    basis = dct_basis(block).to(noisy.device)
     margin = block - step
     sizes = noisy.shape
-    # Every voxel of the volume lies in reach³ windows: a margin of block - step before it, and
+    # Every voxel of the volume lies in (block / step)³ windows: a margin of block - step before it, and
     # after it up to whole steps. The pilot is padded alike, so the margins are filtered in kind.
     after = [margin + (-(n + 2 * margin - block)) % step for n in sizes]
     pad = [v for n_after in reversed(after) for v in (margin, n_after)]
@@ -123,30 +132,21 @@ def dct_wiener(
     noisy_padded = F.pad(noisy.float()[None, None], pad, mode="replicate")[0, 0]
     expected_padded = F.pad(expected[None, None], pad, mode="replicate")[0, 0]
     windows = [(n - block) // step + 1 for n in noisy_padded.shape]
-    cells = [n + reach - 1 for n in windows]
-    total = noisy.new_zeros((*cells, step, step, step), dtype=torch.float32)
-    weight_sum = noisy.new_zeros(cells, dtype=torch.float32)
+    total = torch.zeros_like(noisy_padded)
+    weight_sum = torch.zeros_like(noisy_padded)
+    ones = torch.ones((1, 1, block, block, block), device=noisy.device)
     chunk = max(1, WINDOWS_PER_CHUNK // (windows[1] * windows[2]))
     for first in range(0, windows[0], chunk):
         last = min(windows[0], first + chunk)
         rows = slice(first * step, (last - 1) * step + block)
-        coefficients = _coefficients(noisy_padded[rows], basis, step)
-        gain = _coefficients(expected_padded[rows], basis, step).square_()
+        coefficients = _coefficients(noisy_padded[rows], block, step)
+        gain = _coefficients(expected_padded[rows], block, step).square_()
         gain = gain.div_(gain + variance)
-        weight = 1 / gain.square().sum(dim=(-3, -2, -1)).clamp_(min=1e-3)
-        coefficients.mul_(gain).mul_(weight[..., None, None, None])
-        # Each window's voxels by their offset (u, v, w) in steps first: every offset's share is
-        # then one contiguous array to add in place.
-        blocks = _blocks(coefficients, basis).reshape(*weight.shape, reach, step, reach, step, reach, step)
-        blocks = blocks.permute(3, 5, 7, 0, 1, 2, 4, 6, 8).contiguous()
-        for u in range(reach):
-            for v in range(reach):
-                for w in range(reach):
-                    target = (slice(first + u, last + u), slice(v, v + windows[1]), slice(w, w + windows[2]))
-                    total[target] += blocks[u, v, w]
-                    weight_sum[target] += weight
+        weight = 1 / gain.square().sum(dim=0).clamp_(min=1e-3)
+        coefficients.mul_(gain).mul_(weight)
+        total[rows] += _put_back(coefficients, block, step)
+        weight_sum[rows] += F.conv_transpose3d(weight[None, None], ones, stride=step)[0, 0]
         if progress is not None:
             progress(last / windows[0])
-    volume = (total / weight_sum[..., None, None, None]).permute(0, 3, 1, 4, 2, 5)
-    volume = volume.reshape(*(n * step for n in cells))
-    return rician_amplitude(volume[margin : margin + sizes[0], margin : margin + sizes[1], margin : margin + sizes[2]], sigma)
+    inside = tuple(slice(margin, margin + n) for n in sizes)
+    return rician_amplitude(total[inside] / weight_sum[inside], sigma)
