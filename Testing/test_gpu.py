@@ -47,3 +47,15 @@ def test_gpu_does_no_harm_on_real_noise_either(epi_pair, network):
     on_gpu = error(denoise_volume(first, sigma, network, "cuda"))
     assert on_gpu < error(first)
     assert on_gpu == pytest.approx(on_cpu, rel=1e-3)
+
+
+def test_the_wiener_step_gives_the_cpus_result_on_the_gpu(epi_pair, network):
+    """``--thorough`` runs its Wiener step on CUDA when denoising did (not yet run on a GPU)."""
+    from MRIDenoiseLib.dct_wiener import dct_wiener
+
+    first = torch.from_numpy(epi_pair[0].astype(np.float32))
+    sigma = estimate_sigma(epi_pair[0])
+    pilot = torch.from_numpy(denoise_volume(epi_pair[0], sigma, network, "cpu"))
+    on_cpu = dct_wiener(first, pilot, sigma)
+    on_gpu = dct_wiener(first.cuda(), pilot.cuda(), sigma).cpu()
+    assert float((on_gpu - on_cpu).abs().max()) < 1e-4 * float(first.max())
