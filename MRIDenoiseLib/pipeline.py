@@ -130,10 +130,15 @@ class DenoisePipeline:
             cancel=cancel, on_fallback=notes.append,
             guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, local_mean_kernel(tuple(reversed(spacing)))),
         )
-        if thorough:
+        if notes:  # the GPU ran out of memory: the CPU finished the job
+            chosen = resolve_device("cpu")
+        if thorough and volume.min() < 0:
+            notes.append("the thorough step (a Wiener filter of the magnitude) was skipped: the image has negative "
+                         "voxels, so it is not a magnitude image")
+        elif thorough:
             check_cancel()
-            # On CUDA unless it ran out of memory; MPS lacks the float64 of the Rician mappings.
-            on_device = chosen if chosen.type == "cuda" and not notes else resolve_device("cpu")
+            # MPS lacks the float64 of the Rician mappings.
+            on_device = chosen if chosen.type == "cuda" else resolve_device("cpu")
 
             def wiener_progress(fraction):
                 report(STAGE_DENOISE, network_share + (1 - network_share) * fraction)
@@ -147,8 +152,6 @@ class DenoisePipeline:
         if not np.isfinite(denoised).all():
             raise InputError("denoising gave non-finite voxels; nothing was written")
         seconds[STAGE_DENOISE] = time.perf_counter() - started
-        if notes:  # the GPU ran out of memory: the CPU finished the job
-            chosen = resolve_device("cpu")
         residual = volume - denoised
 
         bias_field = None

@@ -113,6 +113,15 @@ def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights,
                      progress=lambda stage, fraction: reported_now.append(fraction) if stage == STAGE_DENOISE else None)
 
 
+def test_an_image_with_negative_voxels_is_not_wiener_filtered_and_says_so(tiny_weights):
+    noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(6)).astype(np.float32) - 10
+    pipeline = DenoisePipeline(weights=tiny_weights)
+    plain = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA)
+    thorough = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA, thorough=True)
+    np.testing.assert_array_equal(thorough.denoised, plain.denoised)
+    assert plain.notes == [] and len(thorough.notes) == 1 and "negative voxels" in thorough.notes[0]
+
+
 def test_the_command_and_the_slicer_logic_pass_thorough_on(tmp_path, tiny_weights):
     noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(5)).astype(np.float32)
     source = write_volume(tmp_path / "in.nii.gz", noisy)
