@@ -67,6 +67,7 @@ def test_with_a_perfect_pilot_it_removes_most_noise_and_keeps_edges():
     noisy = torch.from_numpy(add_rician_noise(clean.numpy(), SIGMA, np.random.default_rng(1)))
     filtered = dct_wiener(noisy, clean, SIGMA)
     inside = torch.from_numpy(head_mask(clean.numpy()))
+
     def error(volume):
         return float((volume - clean)[inside].square().mean())
 
