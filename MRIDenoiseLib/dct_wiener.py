@@ -69,7 +69,7 @@ def rician_amplitude(mean: torch.Tensor, sigma: float) -> torch.Tensor:
     >>> round(float(rician_amplitude(rician_mean(torch.tensor(3.0), 1.0), 1.0)), 3)
     3.0
     """
-    grid = torch.linspace(0, 60, 6001, dtype=torch.float64) * sigma
+    grid = torch.linspace(0, 60, 6001, dtype=torch.float64, device=mean.device) * sigma
     means = rician_mean(grid, sigma)
     values = mean.double().clamp(min=float(means[0]))
     upper = torch.searchsorted(means, values.reshape(-1)).clamp(1, len(grid) - 1).reshape(values.shape)

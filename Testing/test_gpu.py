@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from MRIDenoiseLib.dct_wiener import dct_wiener
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
@@ -51,8 +52,6 @@ def test_gpu_does_no_harm_on_real_noise_either(epi_pair, network):
 
 def test_the_wiener_step_gives_the_cpus_result_on_the_gpu(epi_pair, network):
     """``--thorough`` runs its Wiener step on CUDA when denoising did (not yet run on a GPU)."""
-    from MRIDenoiseLib.dct_wiener import dct_wiener
-
     first = torch.from_numpy(epi_pair[0].astype(np.float32))
     sigma = estimate_sigma(epi_pair[0])
     pilot = torch.from_numpy(denoise_volume(epi_pair[0], sigma, network, "cpu"))
