@@ -32,8 +32,15 @@ import torch.nn.functional as F
 BLOCK = 4
 # Windows one voxel apart: two apart keep half the gain or less (TRAINING_RUNS.md, "A Wiener step").
 STEP = 1
-# Windows transformed at once: 16 MB of float32 coefficients per array for 4x4x4 windows.
+# Windows transformed at once on a CPU: 16 MB of float32 coefficients per array for 4x4x4
+# windows (more runs slower, out of the cache). A GPU takes 32 times as many (512 MB per array,
+# about 2 GB at the peak): each chunk is about a thousand small operations.
 WINDOWS_PER_CHUNK = 1 << 16
+WINDOWS_PER_CHUNK_GPU = 1 << 21
+
+
+def windows_per_chunk(device: torch.device) -> int:
+    return WINDOWS_PER_CHUNK if device.type == "cpu" else WINDOWS_PER_CHUNK_GPU
 
 
 @functools.cache
@@ -52,60 +59,81 @@ def dct_basis(length: int) -> torch.Tensor:
 
 
 def rician_mean(amplitude: torch.Tensor, sigma: float) -> torch.Tensor:
-    """E[M] of a Rician magnitude M whose noise-free amplitude is ``amplitude``.
+    """E[M] of a Rician magnitude M whose noise-free amplitude is ``amplitude`` (in its dtype).
 
     >>> round(float(rician_mean(torch.tensor(0.0), 1.0)), 4)  # the Rayleigh mean, sqrt(pi / 2)
     1.2533
     """
-    half = amplitude.double().square() / (4 * sigma * sigma)
+    half = amplitude.square() / (4 * sigma * sigma)
     bessel = (1 + 2 * half) * torch.special.i0e(half) + 2 * half * torch.special.i1e(half)
-    return (sigma * math.sqrt(math.pi / 2) * bessel).to(amplitude.dtype)
+    return sigma * math.sqrt(math.pi / 2) * bessel
 
 
-def rician_amplitude(mean: torch.Tensor, sigma: float) -> torch.Tensor:
+def rician_amplitude(mean: torch.Tensor, sigma: float, samples: int = 6001) -> torch.Tensor:
     """The amplitude whose Rician mean is ``mean``: 0 at or below the mean of pure noise; above
-    60 σ, where the two differ by σ² / 2A, that correction.
+    60 σ, where the two differ by σ² / 2A, that correction. In between, linear interpolation in
+    the square root of the mean's excess over pure noise's, in which the amplitude is nearly
+    linear (near the floor the mean grows with the amplitude squared), on an evenly spaced table,
+    so each voxel costs a lookup, not a search.
 
     >>> round(float(rician_amplitude(rician_mean(torch.tensor(3.0), 1.0), 1.0)), 3)
     3.0
     """
-    grid = torch.linspace(0, 60, 6001, dtype=torch.float64, device=mean.device) * sigma
-    means = rician_mean(grid, sigma)
-    values = mean.double().clamp(min=float(means[0]))
-    upper = torch.searchsorted(means, values.reshape(-1)).clamp(1, len(grid) - 1).reshape(values.shape)
-    low, high = means[upper - 1], means[upper]
-    amplitude = grid[upper - 1] + (values - low) / (high - low) * (grid[upper] - grid[upper - 1])
-    beyond = values > means[-1]
-    amplitude = torch.where(beyond, values - sigma * sigma / (2 * values), amplitude)
-    return amplitude.to(mean.dtype)
+    amplitudes = torch.linspace(0, 60, samples, dtype=torch.float64) * sigma
+    means = rician_mean(amplitudes, sigma)
+    roots = (means - means[0]).sqrt()
+    even_roots = torch.linspace(0, float(roots[-1]), samples, dtype=torch.float64)
+    upper = torch.searchsorted(roots, even_roots).clamp(1, samples - 1)
+    share = (even_roots - roots[upper - 1]) / (roots[upper] - roots[upper - 1])
+    table = torch.lerp(amplitudes[upper - 1], amplitudes[upper], share).to(mean.device, mean.dtype)
+    position = (mean - float(means[0])).clamp(min=0).sqrt_().div_(float(even_roots[1]))
+    index = position.long().clamp_(max=samples - 2)
+    amplitude = torch.lerp(table[index], table[index + 1], position.sub_(index))
+    return torch.where(mean > float(means[-1]), mean - sigma * sigma / (2 * mean), amplitude)
 
 
-@functools.cache
-def _axis_filters(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grouped convolution weights of the DCT along D, H and W in turn: the first makes one
-    channel per frequency along D, the second splits each into the frequencies along H, the
-    third along W (channels ordered by frequency along D, H, W, the last fastest)."""
-    basis = dct_basis(length)
-    return (basis.reshape(length, 1, length, 1, 1), basis.repeat(length, 1).reshape(length**2, 1, 1, length, 1),
-            basis.repeat(length**2, 1).reshape(length**3, 1, 1, 1, length))
+def _analyse(volume: torch.Tensor, basis: torch.Tensor, step: int, dim: int) -> torch.Tensor:
+    """The transform by ``basis`` (frequency, tap) of every window along ``dim`` of ``volume``,
+    windows ``step`` apart: (frequency, *volume's axes with windows along dim*). Each frequency
+    is a sum of shifted views of the volume, one per tap (faster on a CPU than a grouped
+    convolution with such small kernels)."""
+    taps = volume.unfold(dim, basis.shape[1], step)
+    transformed = volume.new_empty((basis.shape[0],) + taps.shape[:-1])
+    for frequency, row in zip(transformed, basis.tolist()):
+        torch.mul(taps[..., 0], row[0], out=frequency)
+        for tap, value in enumerate(row[1:], start=1):
+            frequency.add_(taps[..., tap], alpha=value)
+    return transformed
 
 
-def _coefficients(rows: torch.Tensor, length: int, step: int) -> torch.Tensor:
-    """The DCT of every window of ``rows`` (D, H, W), windows ``step`` apart:
-    (frequency, windows along D, H, W)."""
-    first, second, third = (weight.to(rows.device) for weight in _axis_filters(length))
-    channels = F.conv3d(rows[None, None], first, stride=(step, 1, 1))
-    channels = F.conv3d(channels, second, stride=(1, step, 1), groups=length)
-    return F.conv3d(channels, third, stride=(1, 1, step), groups=length**2)[0]
+def _synthesise(transformed: torch.Tensor, basis: torch.Tensor, step: int, dim: int,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The inverse of ``_analyse``, the windows added up where they overlap (into ``out`` when
+    given, else into zeros)."""
+    if out is None:
+        shape = list(transformed.shape[1:])
+        shape[dim] = (shape[dim] - 1) * step + basis.shape[1]
+        out = transformed.new_zeros(shape)
+    taps = out.unfold(dim, basis.shape[1], step)
+    for tap, column in enumerate(basis.T.tolist()):
+        for frequency, value in zip(transformed, column):
+            taps[..., tap].add_(frequency, alpha=value)
+    return out
 
 
-def _put_back(coefficients: torch.Tensor, length: int, step: int) -> torch.Tensor:
-    """The inverse of ``_coefficients``, summed where windows overlap: (D, H, W) of the rows the
-    windows cover. The transposed convolutions invert the DCT and add the windows up at once."""
-    first, second, third = (weight.to(coefficients.device) for weight in _axis_filters(length))
-    channels = F.conv_transpose3d(coefficients[None], third, stride=(1, 1, step), groups=length**2)
-    channels = F.conv_transpose3d(channels, second, stride=(1, step, 1), groups=length)
-    return F.conv_transpose3d(channels, first, stride=(step, 1, 1))[0, 0]
+def _coefficients(rows: torch.Tensor, basis: torch.Tensor, step: int) -> torch.Tensor:
+    """The 3-D DCT of every window of ``rows`` (D, H, W), windows ``step`` apart:
+    (frequency along W, along H, along D, windows along D, H, W)."""
+    for dim in (-3, -2, -1):
+        rows = _analyse(rows, basis, step, dim)
+    return rows
+
+
+def _put_back(coefficients: torch.Tensor, basis: torch.Tensor, step: int, out: torch.Tensor) -> None:
+    """The inverse of ``_coefficients``, the windows added to ``out``, the rows they cover."""
+    for dim in (-1, -2):
+        coefficients = _synthesise(coefficients, basis, step, dim)
+    _synthesise(coefficients, basis, step, -3, out)
 
 
 def dct_wiener(
@@ -132,21 +160,22 @@ def dct_wiener(
     noisy_padded = F.pad(noisy.float()[None, None], pad, mode="replicate")[0, 0]
     expected_padded = F.pad(expected[None, None], pad, mode="replicate")[0, 0]
     windows = [(n - block) // step + 1 for n in noisy_padded.shape]
+    basis = dct_basis(block).to(noisy.device)
     total = torch.zeros_like(noisy_padded)
-    weight_sum = torch.zeros_like(noisy_padded)
-    ones = torch.ones((1, 1, block, block, block), device=noisy.device)
-    chunk = max(1, WINDOWS_PER_CHUNK // (windows[1] * windows[2]))
+    window_weights = noisy_padded.new_empty(windows)
+    chunk = max(1, windows_per_chunk(noisy.device) // (windows[1] * windows[2]))
     for first in range(0, windows[0], chunk):
         last = min(windows[0], first + chunk)
         rows = slice(first * step, (last - 1) * step + block)
-        coefficients = _coefficients(noisy_padded[rows], block, step)
-        gain = _coefficients(expected_padded[rows], block, step).square_()
+        coefficients = _coefficients(noisy_padded[rows], basis, step)
+        gain = _coefficients(expected_padded[rows], basis, step).square_()
         gain = gain.div_(gain + variance)
-        weight = 1 / gain.square().sum(dim=0).clamp_(min=1e-3)
-        coefficients.mul_(gain).mul_(weight)
-        total[rows] += _put_back(coefficients, block, step)
-        weight_sum[rows] += F.conv_transpose3d(weight[None, None], ones, stride=step)[0, 0]
+        window_weights[first:last] = gain.square().flatten(0, 2).sum(dim=0).clamp_(min=1e-3).reciprocal_()
+        _put_back(coefficients.mul_(gain).mul_(window_weights[first:last]), basis, step, total[rows])
         if progress is not None:
             progress(last / windows[0])
+    weight_sum = window_weights
+    for dim in (-1, -2, -3):
+        weight_sum = _synthesise(weight_sum[None], basis.new_ones(1, block), step, dim)
     inside = tuple(slice(margin, margin + n) for n in sizes)
     return rician_amplitude(total[inside] / weight_sum[inside], sigma)

@@ -15,7 +15,7 @@ from MRIDenoiseLib.dct_wiener import dct_basis, dct_wiener, rician_amplitude, ri
 from MRIDenoiseLib.inference import Cancelled
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
-from MRIDenoiseLib.pipeline import STAGE_DENOISE, DenoisePipeline
+from MRIDenoiseLib.pipeline import NETWORK_SHARE_THOROUGH, STAGE_DENOISE, DenoisePipeline
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
 from MRIDenoiseLib.worker_process import InProcessRunner
 
@@ -103,10 +103,10 @@ def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights,
     pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, thorough=True,
                  progress=lambda stage, fraction: reported.append(fraction) if stage == STAGE_DENOISE else None)
     assert reported == sorted(reported) and reported[-1] == 1.0
-    assert sum(0.35 < fraction < 1.0 for fraction in reported) == 5
+    assert sum(NETWORK_SHARE_THOROUGH < fraction < 1.0 for fraction in reported) == 5
 
     def cancel_in_wiener_step():
-        return bool(reported_now) and reported_now[-1] > 0.35
+        return bool(reported_now) and reported_now[-1] > NETWORK_SHARE_THOROUGH
 
     reported_now = []
     with pytest.raises(Cancelled):
