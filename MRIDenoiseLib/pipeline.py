@@ -92,7 +92,7 @@ class DenoisePipeline:
         (``local_means``): faint lesions keep more of their contrast, the output keeps a little noise.
         ``thorough`` refines the network's output with a Wiener filter of the input in 4x4x4 DCT
         windows (``dct_wiener``): higher PSNR, fainter small lesions unless ``preserve_detail`` is
-        given too, and on a CPU several times slower.
+        given too, and on a CPU about 1.3 times the time.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}

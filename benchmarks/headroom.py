@@ -12,8 +12,11 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
   P² / (P² + σ²) of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
   weights 1 / Σ gain², and the result mapped through the inverse Rician mean; with the true sigma.
+- With ``--bm4d-stages``, BM4D's two stages apart: its hard-thresholding stage alone, and its
+  Wiener stage alone (block matching on the pilot) with MRIDenoise's output as the pilot; both
+  through the Rician mean and its inverse, as the DCT Wiener step.
 
-    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" [--bm4d] [--block 4] [--step 1]
+    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" [--bm4d] [--bm4d-stages] [--block 4] [--step 1]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 
-from MRIDenoiseLib.dct_wiener import dct_wiener  # noqa: E402
+from MRIDenoiseLib.dct_wiener import dct_wiener, rician_amplitude, rician_mean  # noqa: E402
 from MRIDenoiseLib.mask import head_mask  # noqa: E402
 from MRIDenoiseLib.metrics import psnr  # noqa: E402
 from MRIDenoiseLib.pipeline import DenoisePipeline  # noqa: E402
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=4, help="DCT window side, voxels")
     parser.add_argument("--step", type=int, default=1, help="voxels between windows (must divide --block)")
     parser.add_argument("--bm4d", action="store_true", help="also run BM4D (about 40 s per 2 mm volume on 2 cores)")
+    parser.add_argument("--bm4d-stages", action="store_true",
+                        help="also run BM4D's hard-thresholding stage alone, and its Wiener stage with MRIDenoise as pilot")
     args = parser.parse_args()
     cache = json.loads(Path(args.cache).read_text())
     maker, pipeline = quality.CaseMaker(Path(args.data)), DenoisePipeline()
@@ -70,6 +75,18 @@ def main() -> None:
                 estimate = np.asarray(bm4d.bm4d(noisy, sigma), dtype=np.float64)
                 seconds["BM4D"] = time.perf_counter() - started
                 scores["BM4D"] = psnr(clean, np.sqrt(np.maximum(estimate**2 - sigma**2, 0)), mask)
+            if args.bm4d_stages:
+                import bm4d
+
+                def amplitude(estimate):
+                    return rician_amplitude(torch.from_numpy(np.asarray(estimate, dtype=np.float64)), sigma).numpy()
+
+                hard = bm4d.bm4d(noisy, sigma, stage_arg=bm4d.BM4DStages.HARD_THRESHOLDING)
+                scores["BM4D hard thresholding"] = psnr(clean, amplitude(hard), mask)
+                started = time.perf_counter()
+                pilot = rician_mean(torch.from_numpy(ours).double(), sigma).numpy()
+                scores["BM4D Wiener, MRIDenoise pilot"] = psnr(clean, amplitude(bm4d.bm4d(noisy, sigma, stage_arg=pilot)), mask)
+                seconds["BM4D Wiener"] = time.perf_counter() - started
             cells = ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
             times = ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
             print(f"{case.name} {percent}%: {cells} dB ({times})", flush=True)
