@@ -7,7 +7,8 @@ not depend on content), Rician noise of 5% of its maximum is added, and ``denois
 on it: host-to-device copy, scaling, sliding window, network, copy back; once with the default
 window (the whole volume where the GPU has memory for it) and once with 256³ windows. The
 median of ``--runs`` timed passes after one warm-up, and the peak of GPU memory allocated by
-PyTorch, are printed as a table and written as JSON with ``--json``.
+PyTorch, are printed as a table and written as JSON with ``--json``. ``--thorough`` adds rows
+for the network pass followed by ``--thorough``'s Wiener step on the GPU (``dct_wiener``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from MRIDenoiseLib.dct_wiener import dct_wiener
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
 from MRIDenoiseLib.noise import add_rician_noise
@@ -42,11 +44,23 @@ def refuse_cpu_fallback(reason: str) -> None:
     raise OutOfGpuMemory(reason)
 
 
-def time_pass(volume: np.ndarray, sigma: float, network, window: int | None, runs: int) -> dict:
+def denoise_pass(volume: np.ndarray, sigma: float, network, window: int | None, thorough: bool,
+                 device: str = "cuda") -> np.ndarray:
+    """The network pass, and with ``thorough`` the Wiener step after it on the same device, as the
+    pipeline runs them."""
+    denoised = denoise_volume(volume, sigma, network, device=device, window=window, on_fallback=refuse_cpu_fallback)
+    if thorough:
+        with torch.inference_mode():
+            denoised = dct_wiener(torch.from_numpy(volume).to(device), torch.from_numpy(denoised).to(device),
+                                  sigma).cpu().numpy()
+    return denoised
+
+
+def time_pass(volume: np.ndarray, sigma: float, network, window: int | None, runs: int, thorough: bool) -> dict:
     def one_pass() -> float:
         torch.cuda.synchronize()
         started = time.perf_counter()
-        denoise_volume(volume, sigma, network, device="cuda", window=window, on_fallback=refuse_cpu_fallback)
+        denoise_pass(volume, sigma, network, window, thorough)
         torch.cuda.synchronize()
         return time.perf_counter() - started
 
@@ -63,23 +77,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--thorough", action="store_true", help="also time the network pass and the Wiener step")
     args = parser.parse_args()
     network = load_network(args.weights)
     rows = []
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'volume':>8} {'window':>6} {'median s':>9} {'min s':>7} {'max s':>7} {'peak GPU GB':>11}")
+    print(f"{'volume':>8} {'window':>6} {'thorough':>8} {'median s':>9} {'min s':>7} {'max s':>7} {'peak GPU GB':>11}")
     for size in (256, 512):
         volume, sigma = noisy_cube(args.scan, size)
         for window in (None, 256) if size > 256 else (None,):
-            try:
-                row = {"size": size, "window": window, **time_pass(volume, sigma, network, window, args.runs)}
-            except OutOfGpuMemory as error:
-                print(f"{size:>7}³ {window or 'auto':>6} out of GPU memory: {error}", flush=True)
-                torch.cuda.empty_cache()
-                continue
-            rows.append(row)
-            print(f"{size:>7}³ {window or 'auto':>6} {row['median_s']:>9.3f} {row['min_s']:>7.3f} {row['max_s']:>7.3f} "
-                  f"{row['peak_gpu_gb']:>11.2f}", flush=True)
+            for thorough in (False, True) if args.thorough else (False,):
+                try:
+                    timing = time_pass(volume, sigma, network, window, args.runs, thorough)
+                except OutOfGpuMemory as error:
+                    print(f"{size:>7}³ {window or 'auto':>6} {thorough!s:>8} out of GPU memory: {error}", flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                row = {"size": size, "window": window, "thorough": thorough, **timing}
+                rows.append(row)
+                print(f"{size:>7}³ {window or 'auto':>6} {thorough!s:>8} {row['median_s']:>9.3f} {row['min_s']:>7.3f} "
+                      f"{row['max_s']:>7.3f} {row['peak_gpu_gb']:>11.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as stream:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, stream, indent=1)
