@@ -137,7 +137,8 @@ class DenoisePipeline:
                          "voxels, so it is not a magnitude image")
         elif thorough:
             check_cancel()
-            # MPS lacks the float64 of the Rician mappings.
+            # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
+            # untested there.
             on_device = chosen if chosen.type == "cuda" else resolve_device("cpu")
 
             def wiener_progress(fraction):
