@@ -42,6 +42,25 @@ STAGE_BIAS = "bias correction"
 NETWORK_SHARE_THOROUGH = 0.65
 
 
+def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: torch.device,
+                progress: Callable[[float], None], on_fallback: Callable[[str], None]) -> np.ndarray:
+    """``dct_wiener`` of ``volume`` with ``pilot`` on ``device``; a GPU out-of-memory error is
+    retried on the CPU (as the network's pass is), and ``on_fallback`` is told."""
+    def on(where: torch.device) -> np.ndarray:
+        with torch.inference_mode():
+            return dct_wiener(torch.from_numpy(volume).to(where), torch.from_numpy(pilot).to(where), sigma,
+                              progress=progress).cpu().numpy()
+
+    try:
+        return on(device)
+    except torch.OutOfMemoryError as error:
+        if device.type == "cpu":
+            raise
+        torch.cuda.empty_cache()
+        on_fallback(f"GPU out of memory in the thorough step ({error.__class__.__name__}); it ran on the CPU")
+        return on(torch.device("cpu"))
+
+
 @dataclass
 class DenoiseResult:
     """Arrays in the input's z-y-x order and units."""
@@ -145,9 +164,7 @@ class DenoisePipeline:
                 report(STAGE_DENOISE, network_share + (1 - network_share) * fraction)
                 check_cancel()
 
-            with torch.inference_mode():
-                denoised = dct_wiener(torch.from_numpy(volume).to(on_device), torch.from_numpy(denoised).to(on_device),
-                                      sigma, progress=wiener_progress).cpu().numpy()
+            denoised = wiener_step(volume, denoised, sigma, on_device, wiener_progress, notes.append)
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
         if not np.isfinite(denoised).all():

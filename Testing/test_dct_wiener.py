@@ -10,12 +10,13 @@ from conftest import phantom, write_volume
 from test_slicer_scene import SlicerLikeScene, slicer
 
 from MRIDenoiseLib import dct_wiener as dct_wiener_module
+from MRIDenoiseLib import pipeline as pipeline_module
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.dct_wiener import dct_basis, dct_wiener, rician_amplitude, rician_mean
 from MRIDenoiseLib.inference import Cancelled
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
-from MRIDenoiseLib.pipeline import NETWORK_SHARE_THOROUGH, STAGE_DENOISE, DenoisePipeline
+from MRIDenoiseLib.pipeline import NETWORK_SHARE_THOROUGH, STAGE_DENOISE, DenoisePipeline, wiener_step
 from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
 from MRIDenoiseLib.worker_process import InProcessRunner
 
@@ -112,6 +113,27 @@ def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights,
     with pytest.raises(Cancelled):
         pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, thorough=True, cancel=cancel_in_wiener_step,
                      progress=lambda stage, fraction: reported_now.append(fraction) if stage == STAGE_DENOISE else None)
+
+
+def test_a_gpu_out_of_memory_in_the_wiener_step_is_retried_on_the_cpu(monkeypatch):
+    noisy = torch.from_numpy(add_rician_noise(phantom(), SIGMA, np.random.default_rng(7)).astype(np.float32))
+    pilot = torch.from_numpy(phantom())
+    devices, out_of_memory_on = [], {"meta"}  # "meta" stands in for a GPU here
+
+    def dct_wiener_short_of_memory(volume, *args, **kwargs):
+        devices.append(volume.device.type)
+        if volume.device.type in out_of_memory_on:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return dct_wiener(volume, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "dct_wiener", dct_wiener_short_of_memory)
+    notes = []
+    filtered = wiener_step(noisy.numpy(), pilot.numpy(), SIGMA, torch.device("meta"), lambda fraction: None, notes.append)
+    assert devices == ["meta", "cpu"] and len(notes) == 1 and "ran on the CPU" in notes[0]
+    np.testing.assert_array_equal(filtered, dct_wiener(noisy, pilot, SIGMA).numpy())
+    out_of_memory_on.add("cpu")  # on the CPU there is nowhere to go
+    with pytest.raises(torch.OutOfMemoryError):
+        wiener_step(noisy.numpy(), pilot.numpy(), SIGMA, torch.device("cpu"), lambda fraction: None, notes.append)
 
 
 def test_an_image_with_negative_voxels_is_not_wiener_filtered_and_says_so(tiny_weights):
