@@ -8,7 +8,7 @@ on it: host-to-device copy, scaling, sliding window, network, copy back; once wi
 window (the whole volume where the GPU has memory for it) and once with 256³ windows. The
 median of ``--runs`` timed passes after one warm-up, and the peak of GPU memory allocated by
 PyTorch, are printed as a table and written as JSON with ``--json``. ``--thorough`` adds rows
-for the network pass followed by ``--thorough``'s Wiener step on the GPU (``dct_wiener``).
+for the network pass followed by ``--thorough``'s Wiener step on the GPU (``pipeline.wiener_step``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from MRIDenoiseLib.dct_wiener import dct_wiener
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
 from MRIDenoiseLib.noise import add_rician_noise
+from MRIDenoiseLib.pipeline import wiener_step
 
 
 def noisy_cube(scan: str, size: int, percent: float = 5.0) -> tuple[np.ndarray, float]:
@@ -50,9 +50,7 @@ def denoise_pass(volume: np.ndarray, sigma: float, network, window: int | None, 
     pipeline runs them."""
     denoised = denoise_volume(volume, sigma, network, device=device, window=window, on_fallback=refuse_cpu_fallback)
     if thorough:
-        with torch.inference_mode():
-            denoised = dct_wiener(torch.from_numpy(volume).to(device), torch.from_numpy(denoised).to(device),
-                                  sigma).cpu().numpy()
+        denoised = wiener_step(volume, denoised, sigma, torch.device(device), lambda fraction: None, refuse_cpu_fallback)
     return denoised
 
 
