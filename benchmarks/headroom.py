@@ -12,11 +12,15 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
   P² / (P² + σ²) of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
   weights 1 / Σ gain², and the result mapped through the inverse Rician mean; with the true sigma.
+- With ``--block-matching``, the grouped Wiener step (``MRIDenoiseLib.block_matching``: BM4D's
+  second stage in PyTorch, groups of 16 4x4x4 windows matched within 3 voxels on MRIDenoise's
+  output, references 3 voxels apart), with the true sigma.
 - With ``--bm4d-stages``, BM4D's two stages apart: its hard-thresholding stage alone, and its
   Wiener stage alone (block matching on the pilot) with MRIDenoise's output as the pilot; both
   through the Rician mean and its inverse, as the DCT Wiener step.
 
-    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" [--bm4d] [--bm4d-stages] [--block 4] [--step 1]
+    python benchmarks/headroom.py --data ../shared/data --cases "Colin27 2 mm" \
+        [--bm4d] [--bm4d-stages] [--block-matching] [--block 4] [--step 1]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 
+from MRIDenoiseLib.block_matching import block_matched_wiener  # noqa: E402
 from MRIDenoiseLib.dct_wiener import dct_wiener, rician_amplitude, rician_mean  # noqa: E402
 from MRIDenoiseLib.mask import head_mask  # noqa: E402
 from MRIDenoiseLib.metrics import psnr  # noqa: E402
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=4, help="DCT window side, voxels")
     parser.add_argument("--step", type=int, default=1, help="voxels between windows (must divide --block)")
     parser.add_argument("--bm4d", action="store_true", help="also run BM4D (about 40 s per 2 mm volume on 2 cores)")
+    parser.add_argument("--block-matching", action="store_true", help="also run the grouped Wiener step")
     parser.add_argument("--bm4d-stages", action="store_true",
                         help="also run BM4D's hard-thresholding stage alone, and its Wiener stage with MRIDenoise as pilot")
     args = parser.parse_args()
@@ -68,6 +74,11 @@ def main() -> None:
             filtered = dct_wiener(torch.from_numpy(noisy), torch.from_numpy(ours), sigma, args.block, args.step).numpy()
             scores[f"DCT Wiener {args.block}/{args.step}"] = psnr(clean, filtered, mask)
             seconds = {"DCT": time.perf_counter() - started}
+            if args.block_matching:
+                started = time.perf_counter()
+                grouped = block_matched_wiener(torch.from_numpy(noisy), torch.from_numpy(ours), sigma).numpy()
+                seconds["grouped"] = time.perf_counter() - started
+                scores["grouped Wiener"] = psnr(clean, grouped, mask)
             if args.bm4d:
                 import bm4d
 
