@@ -47,19 +47,17 @@ def block_matched_wiener(
     matches: int = MATCHES,
     progress: Optional[Callable[[float], None]] = None,
 ) -> torch.Tensor:
-    """The grouped Wiener estimate of the amplitude under ``noisy`` (a 3-D magnitude volume of at
-    least ``block`` voxels along every axis), with groups matched and gains taken on ``pilot`` (an
-    amplitude estimate of the same shape). ``progress`` is told the share done after each chunk of
-    reference windows (and may raise to stop)."""
-    if min(noisy.shape) < block:
-        raise ValueError(f"the volume must hold at least {block} voxels along every axis")
+    """The grouped Wiener estimate of the amplitude under ``noisy`` (a 3-D magnitude volume), with
+    groups matched and gains taken on ``pilot`` (an amplitude estimate of the same shape).
+    ``progress`` is told the share done after each chunk of reference windows (and may raise to
+    stop)."""
     device = noisy.device
     matches = min(matches, (2 * radius + 1) ** 3)
     expected = rician_mean(pilot.float(), sigma)
     # A margin of ``radius`` lets every candidate window lie inside (replicated edges are
     # candidates too), and a few voxels more at the end let the references, ``step`` apart,
-    # cover every voxel.
-    extra = [(-(n - block)) % step for n in noisy.shape]
+    # cover every voxel, and a window fit along an axis thinner than it (a few slices).
+    extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
     pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
     noisy_padded = F.pad(noisy.float()[None, None], pad, mode="replicate")[0, 0].contiguous()
     expected_padded = F.pad(expected[None, None], pad, mode="replicate")[0, 0].contiguous()
