@@ -71,6 +71,10 @@ def block_matched_wiener(
     group_transform = dct_basis(matches).to(device)
     total = torch.zeros(noisy_padded.numel(), device=device)
     weight_sum = torch.zeros(noisy_padded.numel(), device=device)
+
+    def transform(windows):  # (window in group, reference, voxel) -> their coefficients
+        return torch.einsum("kj,jrc->krc", group_transform, windows @ window_transform.T)
+
     planes = max(1, REFERENCES_PER_CHUNK // (len(corners[1]) * len(corners[2])))
     for first in range(0, len(corners[0]), planes):
         chunk = [corners[0][first:first + planes], corners[1], corners[2]]
@@ -79,10 +83,6 @@ def block_matched_wiener(
         nearest = offsets[distance.flatten(1).topk(matches, dim=0, largest=False).indices.cpu()]
         references = torch.stack(torch.meshgrid(*chunk, indexing="ij"), -1).reshape(-1, 3) + radius
         voxels = (((references[None] + nearest) @ strides)[..., None] + in_window).to(device)
-
-        def transform(windows):
-            return torch.einsum("kj,jrc->krc", group_transform, windows @ window_transform.T)
-
         coefficients = transform(noisy_padded.reshape(-1)[voxels])
         gain = transform(expected_padded.reshape(-1)[voxels]).square_()
         gain = gain.div_(gain + sigma * sigma)

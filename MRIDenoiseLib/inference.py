@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from .intensity import intensity_scale
 from .network import DenoiserNet, GuideDetail
+
+T = TypeVar("T")
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -192,12 +194,25 @@ def denoise_volume(
     retried on the CPU, and ``on_fallback`` is told why. ``guide_detail``: see ``DenoiserNet.forward``.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    return retried_on_cpu(
+        lambda where: _run_on_device(volume, sigma, network, where, window, overlap, progress, cancel, guide_detail),
+        device, on_fallback, "GPU out of memory ({error}); running on the CPU")
+
+
+def retried_on_cpu(run: Callable[[torch.device], T], device: torch.device, on_fallback: Optional[Callable[[str], None]],
+                   note: str) -> T:
+    """``run(device)``; after a GPU out-of-memory error, ``run`` on the CPU, and ``on_fallback``
+    hears ``note`` with ``{error}`` the error's class name. On the CPU the error is raised.
+
+    >>> retried_on_cpu(lambda where: where.type, torch.device("cpu"), print, "{error}")
+    'cpu'
+    """
     try:
-        return _run_on_device(volume, sigma, network, device, window, overlap, progress, cancel, guide_detail)
+        return run(device)
     except torch.OutOfMemoryError as error:
         if device.type == "cpu":
             raise
         torch.cuda.empty_cache()
         if on_fallback is not None:
-            on_fallback(f"GPU out of memory ({error.__class__.__name__}); running on the CPU")
-        return _run_on_device(volume, sigma, network, torch.device("cpu"), window, overlap, progress, cancel, guide_detail)
+            on_fallback(note.format(error=error.__class__.__name__))
+        return run(torch.device("cpu"))

@@ -27,7 +27,7 @@ import torch
 
 from .bias import correct_bias
 from .dct_wiener import dct_wiener
-from .inference import Cancelled, denoise_volume, resolve_device
+from .inference import Cancelled, denoise_volume, resolve_device, retried_on_cpu
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
 from .local_means import local_mean_kernel, restore_local_means
@@ -51,14 +51,7 @@ def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: tor
             return dct_wiener(torch.from_numpy(volume).to(where), torch.from_numpy(pilot).to(where), sigma,
                               progress=progress).cpu().numpy()
 
-    try:
-        return on(device)
-    except torch.OutOfMemoryError as error:
-        if device.type == "cpu":
-            raise
-        torch.cuda.empty_cache()
-        on_fallback(f"GPU out of memory in the thorough step ({error.__class__.__name__}); it ran on the CPU")
-        return on(torch.device("cpu"))
+    return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the thorough step ({error}); it ran on the CPU")
 
 
 @dataclass

@@ -44,13 +44,12 @@ def refuse_cpu_fallback(reason: str) -> None:
     raise OutOfGpuMemory(reason)
 
 
-def denoise_pass(volume: np.ndarray, sigma: float, network, window: int | None, thorough: bool,
-                 device: str = "cuda") -> np.ndarray:
-    """The network pass, and with ``thorough`` the Wiener step after it on the same device, as the
+def denoise_pass(volume: np.ndarray, sigma: float, network, window: int | None, thorough: bool) -> np.ndarray:
+    """The network pass on the GPU, and with ``thorough`` the Wiener step after it there, as the
     pipeline runs them."""
-    denoised = denoise_volume(volume, sigma, network, device=device, window=window, on_fallback=refuse_cpu_fallback)
+    denoised = denoise_volume(volume, sigma, network, device="cuda", window=window, on_fallback=refuse_cpu_fallback)
     if thorough:
-        denoised = wiener_step(volume, denoised, sigma, torch.device(device), lambda fraction: None, refuse_cpu_fallback)
+        denoised = wiener_step(volume, denoised, sigma, torch.device("cuda"), lambda fraction: None, refuse_cpu_fallback)
     return denoised
 
 
