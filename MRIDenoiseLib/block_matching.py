@@ -33,8 +33,19 @@ from .dct_wiener import BLOCK, dct_basis, rician_amplitude, rician_mean
 STEP = 3
 RADIUS = 3
 MATCHES = 16
-# Reference windows grouped at once: about 200 MB of gathered windows and their indices.
-REFERENCES_PER_CHUNK = 1 << 13
+# Reference windows grouped at once on a CPU: 8 MB of gathered windows per array and 16 MB of
+# their voxels' indices, under the size (32 MB) above which glibc asks the system for fresh
+# memory on every call (a page fault per 4 kB: 1.5 times the time with 4 times as many). A GPU takes
+# 32 times as many.
+REFERENCES_PER_CHUNK = 1 << 11
+REFERENCES_PER_CHUNK_GPU = 1 << 16
+# Reference windows matched at once: a distance to each of (2 * RADIUS + 1)³ candidates, about
+# 90 MB; fewer, and the work per candidate is too small to run fast.
+REFERENCES_PER_MATCHING = 1 << 16
+
+
+def references_per_chunk(device: torch.device) -> int:
+    return REFERENCES_PER_CHUNK if device.type == "cpu" else REFERENCES_PER_CHUNK_GPU
 
 
 def block_matched_wiener(
@@ -66,44 +77,91 @@ def block_matched_wiener(
     offsets = torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=3)))
     itself = (offsets == 0).all(dim=1)
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1])
-    in_window = torch.stack(torch.meshgrid(*[torch.arange(block)] * 3, indexing="ij"), -1).reshape(-1, 3) @ strides
+    in_window = (torch.stack(torch.meshgrid(*[torch.arange(block)] * 3, indexing="ij"), -1).reshape(-1, 3) @ strides).to(device)
+    noisy_windows, expected_windows = (_windows(volume, block) for volume in (noisy_padded, expected_padded))
     window_transform = torch.kron(torch.kron(dct_basis(block), dct_basis(block)), dct_basis(block)).to(device)
     group_transform = dct_basis(matches).to(device)
     total = torch.zeros(noisy_padded.numel(), device=device)
-    weight_sum = torch.zeros(noisy_padded.numel(), device=device)
+    # Each window's weight is added at its first corner; summing over the block x block x block
+    # corners that hold a voxel, once at the end, gives each voxel its sum of weights.
+    corner_weight = torch.zeros(noisy_padded.numel(), device=device)
 
     def transform(windows):  # (window in group, reference, voxel) -> their coefficients
         return torch.einsum("kj,jrc->krc", group_transform, windows @ window_transform.T)
 
-    planes = max(1, REFERENCES_PER_CHUNK // (len(corners[1]) * len(corners[2])))
+    per_plane = len(corners[1]) * len(corners[2])
+    references_total = len(corners[0]) * per_plane
+    planes = max(1, REFERENCES_PER_MATCHING // per_plane)
+    chunk = references_per_chunk(device)
     for first in range(0, len(corners[0]), planes):
-        chunk = [corners[0][first:first + planes], corners[1], corners[2]]
-        distance = _distances(expected_padded, chunk, offsets, block, step, radius)
+        slab = [corners[0][first:first + planes], corners[1], corners[2]]
+        distance = _distances(expected_padded, slab, offsets, block, step, radius)
         distance[itself] = -1  # the reference heads its group even among ties (a flat background)
-        nearest = offsets[distance.flatten(1).topk(matches, dim=0, largest=False).indices.cpu()]
-        references = torch.stack(torch.meshgrid(*chunk, indexing="ij"), -1).reshape(-1, 3) + radius
-        voxels = (((references[None] + nearest) @ strides)[..., None] + in_window).to(device)
-        coefficients = transform(noisy_padded.reshape(-1)[voxels])
-        gain = transform(expected_padded.reshape(-1)[voxels]).square_()
-        gain = gain.div_(gain + sigma * sigma)
-        weight = gain.square().sum(dim=(0, 2)).clamp_(min=1e-3).reciprocal_()
-        estimate = torch.einsum("kj,krc->jrc", group_transform, coefficients.mul_(gain)) @ window_transform
-        total.index_add_(0, voxels.reshape(-1), estimate.mul_(weight[:, None]).reshape(-1))
-        weight_sum.index_add_(0, voxels.reshape(-1), weight[None, :, None].expand_as(estimate).reshape(-1))
-        if progress is not None:
-            progress(min(1.0, (first + planes) / len(corners[0])))
+        nearest_in_slab = distance.flatten(1).topk(matches, dim=0, largest=False).indices.cpu()
+        references_in_slab = torch.stack(torch.meshgrid(*slab, indexing="ij"), -1).reshape(-1, 3) + radius
+        for start in range(0, len(references_in_slab), chunk):
+            nearest = offsets[nearest_in_slab[:, start:start + chunk]]
+            window_corners = ((references_in_slab[None, start:start + chunk] + nearest) @ strides).to(device)
+            coefficients = transform(noisy_windows[window_corners].flatten(2))
+            gain = transform(expected_windows[window_corners].flatten(2)).square_()
+            gain = gain.div_(gain + sigma * sigma)
+            weight = gain.square().sum(dim=(0, 2)).clamp_(min=1e-3).reciprocal_()
+            estimate = torch.einsum("kj,krc->jrc", group_transform, coefficients.mul_(gain)) @ window_transform
+            voxels = window_corners[..., None] + in_window
+            total.index_add_(0, voxels.reshape(-1), estimate.mul_(weight[:, None]).reshape(-1))
+            corner_weight.index_add_(0, window_corners.reshape(-1), weight.expand(len(nearest), -1).reshape(-1))
+            if progress is not None:
+                progress(min(first * per_plane + start + chunk, references_total) / references_total)
+    weight_sum = _window_sums(corner_weight.reshape(shape), block)
     inside = tuple(slice(radius, radius + n) for n in noisy.shape)
-    return rician_amplitude((total / weight_sum).reshape(shape)[inside], sigma)
+    return rician_amplitude((total.reshape(shape) / weight_sum)[inside], sigma)
+
+
+def _windows(volume: torch.Tensor, block: int) -> torch.Tensor:
+    """A view of ``volume`` (contiguous) as the window of ``block`` voxels along each axis at each
+    flat index: a gather of windows by their first corner's flat index, not of every voxel."""
+    last_corner = volume.numel() - (block - 1) * sum(volume.stride())
+    return volume.reshape(-1).as_strided((last_corner, block, block, block), (1, *volume.stride()))
+
+
+def _strided_window_sums(volume: torch.Tensor, block: int, step: int, out: torch.Tensor,
+                         partial: list[torch.Tensor]) -> None:
+    """``out`` = the sums of ``volume`` over windows of ``block`` voxels along each axis, their
+    first corners ``step`` apart from the origin (``avg_pool3d(volume, block, step) * block³``,
+    faster on a CPU); ``partial`` holds the sums along the first and the first two axes, reused
+    from call to call (so that the memory is not asked of the system again and again)."""
+    for axis, summed in enumerate([*partial, out]):
+        every_step = (slice(None),) * axis + (slice(None, None, step),)
+        length = step * (summed.shape[axis] - 1) + 1
+        torch.add(volume.narrow(axis, 0, length)[every_step], volume.narrow(axis, 1, length)[every_step], out=summed)
+        for shift in range(2, block):
+            summed.add_(volume.narrow(axis, shift, length)[every_step])
+        volume = summed
+
+
+def _window_sums(corner_values: torch.Tensor, block: int) -> torch.Tensor:
+    """For each voxel, the sum of ``corner_values`` over the corners of the windows of ``block``
+    voxels along each axis that hold it."""
+    for axis in range(3):
+        padded = F.pad(corner_values.movedim(axis, -1), (block - 1, 0))
+        corner_values = sum(padded[..., shift:shift + corner_values.shape[axis]] for shift in range(block))
+        corner_values = corner_values.movedim(-1, axis)
+    return corner_values
 
 
 def _distances(expected_padded: torch.Tensor, corners: list[torch.Tensor], offsets: torch.Tensor,
                block: int, step: int, radius: int) -> torch.Tensor:
-    """(offset, references along D, H, W): the mean squared difference in the pilot between each
-    reference window (``corners``, ``step`` apart) and the window ``offset`` away."""
+    """(offset, references along D, H, W): the squared difference in the pilot, summed over the
+    window, between each reference window (``corners``, ``step`` apart) and the window
+    ``offset`` away."""
     span = [slice(int(c[0]) + radius, int(c[-1]) + radius + block) for c in corners]
     reference = expected_padded[tuple(span)]
-    distances = []
-    for offset in offsets.tolist():
+    counts = [len(c) for c in corners]
+    distances = reference.new_empty((len(offsets), *counts))
+    difference = torch.empty_like(reference)
+    partial = [reference.new_empty((*counts[:1], *reference.shape[1:])), reference.new_empty((*counts[:2], reference.shape[2]))]
+    for distance, offset in zip(distances, offsets.tolist()):
         moved = expected_padded[tuple(slice(s.start + o, s.stop + o) for s, o in zip(span, offset))]
-        distances.append(F.avg_pool3d((reference - moved).square_()[None, None], block, stride=step)[0, 0])
-    return torch.stack(distances)
+        torch.sub(reference, moved, out=difference).square_()
+        _strided_window_sums(difference, block, step, distance, partial)
+    return distances

@@ -25,13 +25,15 @@ def test_every_voxel_is_filtered_whatever_the_chunks(monkeypatch):
     # An odd shape, and a flat background where every candidate window ties with the reference.
     clean, noisy = noisy_phantom((23, 26, 19), 2)
     whole = block_matched_wiener(noisy, clean, SIGMA)
-    monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 40)  # one plane of references at a time
-    planes = []
-    chunked = block_matched_wiener(noisy, clean, SIGMA, progress=planes.append)
+    monkeypatch.setattr(block_matching, "REFERENCES_PER_MATCHING", 1)  # one plane of 9 x 6 references
+    monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 40)  # in two chunks
+    shares = []
+    chunked = block_matched_wiener(noisy, clean, SIGMA, progress=shares.append)
     assert whole.shape == noisy.shape and bool(torch.isfinite(whole).all())
     # Equal distances may pick different windows in another layout: a few dark voxels differ by 5e-4.
     torch.testing.assert_close(chunked, whole, atol=1e-3, rtol=0)
-    assert len(planes) == 8 and planes == sorted(planes) and planes[-1] == 1.0  # 23 voxels: references at 0, 3, ..., 21
+    # 23 voxels: 8 planes of references, at 0, 3, ..., 21
+    assert len(shares) == 16 and shares == sorted(shares) and shares[-1] == 1.0
 
 
 def test_a_volume_of_fewer_slices_than_a_window_is_filtered():
