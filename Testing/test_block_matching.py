@@ -1,5 +1,5 @@
-"""The grouped Wiener step (BM4D's second stage, matched on the network's output): not yet in the
-pipeline; benchmarks/headroom.py --block-matching measures it."""
+"""The grouped Wiener step (BM4D's second stage, matched on the network's output) that --thorough
+runs after the network; test_thorough.py runs it through the pipeline."""
 
 import numpy as np
 import torch
@@ -10,8 +10,7 @@ from MRIDenoiseLib import block_matching
 from MRIDenoiseLib.block_matching import block_matched_wiener
 from MRIDenoiseLib.dct_wiener import dct_wiener
 from MRIDenoiseLib.mask import head_mask
-from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
-from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.noise import add_rician_noise
 
 SIGMA = 6.0
 
@@ -53,16 +52,3 @@ def test_with_a_perfect_pilot_grouping_removes_more_noise_than_the_windows_alone
     grouped, windows_alone = block_matched_wiener(noisy, clean, SIGMA), dct_wiener(noisy, clean, SIGMA)
     assert error(grouped) < 0.95 * error(windows_alone)  # measured 0.269 and 0.285 of the noisy input's error
     assert error(grouped) < 0.3 * error(noisy)
-
-
-def test_on_a_real_epi_volume_it_brings_the_network_closer_to_the_repeat(epi_pair):
-    first, second = (volume.astype(np.float32) for volume in epi_pair)
-    inside = head_mask(first)
-
-    def error(volume):
-        return float(((volume - second)[inside] ** 2).mean())
-
-    plain = DenoisePipeline().run(first, (2.0, 2.0, 2.2), bias_correction=False).denoised
-    grouped = block_matched_wiener(torch.from_numpy(first), torch.from_numpy(plain), estimate_sigma(first)).numpy()
-    # Measured: 0.976 of the raw volume's error (the network alone 0.994, the DCT Wiener step 0.970).
-    assert error(grouped) < error(plain) - 0.01 * error(first)

@@ -1,24 +1,18 @@
-"""--thorough: a Wiener filter of the input in sliding 4x4x4 DCT windows, steered by the network's output."""
+"""A Wiener filter of the input in sliding 4x4x4 DCT windows, steered by a pilot: BM3D's second
+step without the grouping (the first form of --thorough, kept as benchmarks/headroom.py's
+comparison), and the Rician mapping both Wiener steps use."""
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from conftest import phantom, write_volume
-from test_slicer_scene import SlicerLikeScene, slicer
+from conftest import phantom
 
 from MRIDenoiseLib import dct_wiener as dct_wiener_module
-from MRIDenoiseLib import pipeline as pipeline_module
-from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.dct_wiener import dct_basis, dct_wiener, rician_amplitude, rician_mean
-from MRIDenoiseLib.inference import Cancelled
 from MRIDenoiseLib.mask import head_mask
-from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
-from MRIDenoiseLib.pipeline import NETWORK_SHARE_THOROUGH, STAGE_DENOISE, DenoisePipeline, wiener_step
-from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
-from MRIDenoiseLib.worker_process import InProcessRunner
+from MRIDenoiseLib.noise import add_rician_noise
 
 SIGMA = 6.0
 
@@ -50,6 +44,19 @@ def test_the_sliding_windows_match_a_dense_convolution(block, step):
     assert not torch.allclose(ours[inner], noisy[inner], atol=0.1)
 
 
+def test_chunks_of_windows_give_the_whole_volume_s_result(monkeypatch):
+    clean = torch.from_numpy(phantom((20, 24, 22), 1))
+    noisy = torch.from_numpy(add_rician_noise(clean.numpy(), SIGMA, np.random.default_rng(4)))
+    whole = dct_wiener(noisy, clean, SIGMA)
+    # 23 x 27 x 25 windows (a margin of 3): 6 chunks of up to 4 rows.
+    monkeypatch.setattr(dct_wiener_module, "WINDOWS_PER_CHUNK", 4 * 27 * 25)
+    shares = []
+    # The same sums in another order: at most 1.5e-4 apart (near the noise floor, where the Rician
+    # inverse is steep).
+    torch.testing.assert_close(dct_wiener(noisy, clean, SIGMA, progress=shares.append), whole, atol=1e-3, rtol=0)
+    assert len(shares) == 6 and shares[-1] == 1.0
+
+
 def test_the_window_step_must_divide_the_window():
     volume = torch.ones(8, 8, 8)
     with pytest.raises(ValueError, match="must divide"):
@@ -76,91 +83,3 @@ def test_with_a_perfect_pilot_it_removes_most_noise_and_keeps_edges():
     # The step of 30 from 'white matter' to the brightest core stays a step, not a ramp.
     profile = filtered[16, 18, :].numpy()
     assert clean[16, 18, 10] - clean[16, 18, 9] > 29 and profile[10] - profile[9] > 20  # measured 31
-
-
-def test_thorough_brings_a_real_epi_volume_closer_to_its_repeat(epi_pair):
-    """nibabel's two EPI volumes: the second one's noise is independent of the first's, so a
-    method that removes noise and keeps anatomy brings the first closer to it."""
-    first, second = (volume.astype(np.float32) for volume in epi_pair)
-    inside = head_mask(first)
-    pipeline = DenoisePipeline()
-
-    def error(volume):
-        return float(((volume - second)[inside] ** 2).mean())
-
-    plain = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False).denoised
-    thorough = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False, thorough=True).denoised
-    # Measured: 0.994 of the raw volume's error without the Wiener step, 0.970 with it.
-    assert error(thorough) < error(plain) - 0.01 * error(first)
-    assert error(thorough) < 0.98 * error(first)
-
-
-def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights, monkeypatch):
-    # 43 x 51 x 47 windows (the 40 x 48 x 44 phantom and a margin of 3): 6 chunks of up to 8 rows.
-    monkeypatch.setattr(dct_wiener_module, "WINDOWS_PER_CHUNK", 8 * 51 * 47)
-    noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(4))
-    pipeline = DenoisePipeline(weights=tiny_weights)
-    reported = []
-    pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, thorough=True,
-                 progress=lambda stage, fraction: reported.append(fraction) if stage == STAGE_DENOISE else None)
-    assert reported == sorted(reported) and reported[-1] == 1.0
-    assert sum(NETWORK_SHARE_THOROUGH < fraction < 1.0 for fraction in reported) == 5
-
-    def cancel_in_wiener_step():
-        return bool(reported_now) and reported_now[-1] > NETWORK_SHARE_THOROUGH
-
-    reported_now = []
-    with pytest.raises(Cancelled):
-        pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, thorough=True, cancel=cancel_in_wiener_step,
-                     progress=lambda stage, fraction: reported_now.append(fraction) if stage == STAGE_DENOISE else None)
-
-
-def test_a_gpu_out_of_memory_in_the_wiener_step_is_retried_on_the_cpu(monkeypatch):
-    noisy = torch.from_numpy(add_rician_noise(phantom(), SIGMA, np.random.default_rng(7)).astype(np.float32))
-    pilot = torch.from_numpy(phantom())
-    devices, out_of_memory_on = [], {"meta"}  # "meta" stands in for a GPU here
-
-    def dct_wiener_short_of_memory(volume, *args, **kwargs):
-        devices.append(volume.device.type)
-        if volume.device.type in out_of_memory_on:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return dct_wiener(volume, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline_module, "dct_wiener", dct_wiener_short_of_memory)
-    notes = []
-    filtered = wiener_step(noisy.numpy(), pilot.numpy(), SIGMA, torch.device("meta"), lambda fraction: None, notes.append)
-    assert devices == ["meta", "cpu"] and len(notes) == 1 and "ran on the CPU" in notes[0]
-    np.testing.assert_array_equal(filtered, dct_wiener(noisy, pilot, SIGMA).numpy())
-    out_of_memory_on.add("cpu")  # on the CPU there is nowhere to go
-    with pytest.raises(torch.OutOfMemoryError):
-        wiener_step(noisy.numpy(), pilot.numpy(), SIGMA, torch.device("cpu"), lambda fraction: None, notes.append)
-
-
-def test_an_image_with_negative_voxels_is_not_wiener_filtered_and_says_so(tiny_weights):
-    noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(6)).astype(np.float32) - 10
-    pipeline = DenoisePipeline(weights=tiny_weights)
-    plain = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA)
-    thorough = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA, thorough=True)
-    np.testing.assert_array_equal(thorough.denoised, plain.denoised)
-    assert plain.notes == [] and len(thorough.notes) == 1 and "negative voxels" in thorough.notes[0]
-
-
-def test_the_command_and_the_slicer_logic_pass_thorough_on(tmp_path, tiny_weights):
-    noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(5)).astype(np.float32)
-    source = write_volume(tmp_path / "in.nii.gz", noisy)
-    pipeline = DenoisePipeline(weights=tiny_weights)
-    expected = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA, thorough=True).denoised
-    plain = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=SIGMA).denoised
-    assert not np.allclose(expected, plain, atol=0.05 * SIGMA)
-    target = tmp_path / "out.nii.gz"
-    assert main(["denoise", str(source), str(target), "--no-n4", "--quiet", "--sigma", str(SIGMA),
-                 "--weights", str(tiny_weights), "--thorough"]) == 0
-    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(target))), expected, atol=1e-3 * SIGMA)
-
-    logic = MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path), weights=tiny_weights)
-    laid = SlicerLikeScene()
-    node = laid.addVolume(noisy)
-    output = logic.process(node, biasCorrection=False, thorough=True)
-    expected = pipeline.run(noisy, node.GetSpacing(), bias_correction=False, sigma=estimate_sigma(noisy),
-                            thorough=True).denoised
-    np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, atol=1e-3 * SIGMA)
