@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="give back what denoising took from each 3x3x3 neighbourhood's mean: faint lesions "
                               "keep more contrast, a little noise stays (see BENCHMARKS.md)")
     denoise.add_argument("--thorough", action="store_true",
-                         help="refine with a Wiener filter in 4x4x4 DCT windows: higher PSNR, on a CPU several times "
-                              "slower; small faint lesions dim unless --preserve-detail is given too (see BENCHMARKS.md)")
+                         help="refine with a Wiener filter on groups of similar 4x4x4 windows: higher PSNR, on a CPU about "
+                              "1.6 times the time; faint lesions keep more with --preserve-detail too (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")
