@@ -33,19 +33,23 @@ from .dct_wiener import BLOCK, dct_basis, rician_amplitude, rician_mean
 STEP = 3
 RADIUS = 3
 MATCHES = 16
+# Reference windows matched at once on a CPU: a distance to each of (2 * RADIUS + 1)³ candidates,
+# about 90 MB; fewer, and the work per candidate is too small to run fast.
+REFERENCES_PER_SLAB = 1 << 16
 # Reference windows grouped at once on a CPU: 8 MB of gathered windows per array and 16 MB of
 # their voxels' indices, under the size (32 MB) above which glibc asks the system for fresh
-# memory on every call (a page fault per 4 kB: 1.5 times the time with 4 times as many). A GPU takes
-# 32 times as many.
+# memory on every call (a page fault per 4 kB: 1.5 times the time with 4 times as many).
 REFERENCES_PER_CHUNK = 1 << 11
+# A GPU takes 16 and 32 times as many (1.4 GB of distances, about 2 GB at the peak of a chunk):
+# a slab is some 4,000 small operations, so a 512³ volume in 1 << 16 would be 300,000.
+REFERENCES_PER_SLAB_GPU = 1 << 20
 REFERENCES_PER_CHUNK_GPU = 1 << 16
-# Reference windows matched at once: a distance to each of (2 * RADIUS + 1)³ candidates, about
-# 90 MB; fewer, and the work per candidate is too small to run fast.
-REFERENCES_PER_MATCHING = 1 << 16
 
 
-def references_per_chunk(device: torch.device) -> int:
-    return REFERENCES_PER_CHUNK if device.type == "cpu" else REFERENCES_PER_CHUNK_GPU
+def references_per_slab_and_chunk(device: torch.device) -> tuple[int, int]:
+    if device.type == "cpu":
+        return REFERENCES_PER_SLAB, REFERENCES_PER_CHUNK
+    return REFERENCES_PER_SLAB_GPU, REFERENCES_PER_CHUNK_GPU
 
 
 def block_matched_wiener(
@@ -91,8 +95,8 @@ def block_matched_wiener(
 
     per_plane = len(corners[1]) * len(corners[2])
     references_total = len(corners[0]) * per_plane
-    planes = max(1, REFERENCES_PER_MATCHING // per_plane)
-    chunk = references_per_chunk(device)
+    per_slab, chunk = references_per_slab_and_chunk(device)
+    planes = max(1, per_slab // per_plane)
     for first in range(0, len(corners[0]), planes):
         slab = [corners[0][first:first + planes], corners[1], corners[2]]
         distance = _distances(expected_padded, slab, offsets, block, step, radius)

@@ -24,7 +24,7 @@ def test_every_voxel_is_filtered_whatever_the_chunks(monkeypatch):
     # An odd shape, and a flat background where every candidate window ties with the reference.
     clean, noisy = noisy_phantom((23, 26, 19), 2)
     whole = block_matched_wiener(noisy, clean, SIGMA)
-    monkeypatch.setattr(block_matching, "REFERENCES_PER_MATCHING", 1)  # one plane of 9 x 6 references
+    monkeypatch.setattr(block_matching, "REFERENCES_PER_SLAB", 1)  # one plane of 9 x 6 references
     monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 40)  # in two chunks
     shares = []
     chunked = block_matched_wiener(noisy, clean, SIGMA, progress=shares.append)
