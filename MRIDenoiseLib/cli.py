@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "keep more contrast, a little noise stays (see BENCHMARKS.md)")
     denoise.add_argument("--thorough", action="store_true",
                          help="refine with a Wiener filter on groups of similar 4x4x4 windows: higher PSNR, on a CPU about "
-                              "1.6 times the time; faint lesions keep more with --preserve-detail too (see BENCHMARKS.md)")
+                              "1.8 times the time; faint lesions keep more with --preserve-detail too (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")

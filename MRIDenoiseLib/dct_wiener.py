@@ -1,6 +1,8 @@
 """Wiener filtering of a magnitude image in overlapping 3-D DCT windows, steered by a pilot.
 
-This is the second step of BM3D-like methods, without block matching. Every window of
+This is the second step of BM3D-like methods, without block matching: what ``--thorough`` ran
+before the grouped step (``block_matching``, which imports the DCT basis and the Rician mapping
+from here) replaced it; ``benchmarks/headroom.py`` still compares the two. Every window of
 ``block`` voxels of the noisy image is transformed (orthonormal DCT-II), and each coefficient
 is kept in the share P² / (P² + σ²), where P is the same coefficient of a cleaner estimate (the
 pilot: here the network's output). Where the pilot holds structure, the noisy image's own

@@ -103,8 +103,8 @@ class DenoisePipeline:
         ``preserve_detail`` gives back what denoising took from each 3x3x3 neighbourhood's mean
         (``local_means``): faint lesions keep more of their contrast, the output keeps a little noise.
         ``thorough`` refines the network's output with a Wiener filter of the input on groups of
-        similar 4x4x4 windows (``block_matching``): higher PSNR, small lesions kept about as the
-        default keeps them, and on a CPU about 1.6 times the time.
+        similar 4x4x4 windows (``block_matching``): higher PSNR, the faintest small lesions a little
+        dimmer unless ``preserve_detail`` is given too, and on a CPU about 1.8 times the time.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -134,7 +134,7 @@ class DenoisePipeline:
         chosen = resolve_device(device)
         started = time.perf_counter()
         # With the grouped Wiener step, which takes a little longer than the network on a CPU
-        # (about 4.5 s against 3.6 s on a 1 mm brain), the network's progress fills the first 45%.
+        # (about 4.6 s against 3.6 s on a 1 mm brain), the network's progress fills the first 45%.
         network_share = NETWORK_SHARE_THOROUGH if thorough else 1.0
         denoised = denoise_volume(
             volume, sigma, network, chosen,

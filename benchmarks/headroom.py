@@ -8,8 +8,8 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   transform filtering, for Gaussian noise; run on the magnitude with the true sigma, then
   Rician-corrected as sqrt(max(x² - σ², 0)).
 - **DCT Wiener** (BM3D's second step without block matching, ``MRIDenoiseLib.dct_wiener``, what
-  ``--thorough`` added until the grouped step replaced it): every window of ``--block``³ voxels of the noisy image, ``--step`` voxels
-  apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
+  ``--thorough`` added until the grouped step replaced it): every window of ``--block``³ voxels
+  of the noisy image, ``--step`` voxels apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
   P² / (P² + σ²) of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
   weights 1 / Σ gain², and the result mapped through the inverse Rician mean; with the true sigma.
 - With ``--block-matching``, the grouped Wiener step (``MRIDenoiseLib.block_matching``, what
