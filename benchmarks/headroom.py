@@ -9,12 +9,13 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   Rician-corrected as sqrt(max(x² - σ², 0)).
 - **DCT Wiener** (BM3D's second step without block matching, ``MRIDenoiseLib.dct_wiener``, what
   ``--thorough`` added until the grouped step replaced it): every window of ``--block``³ voxels
-  of the noisy image, ``--step`` voxels apart, is transformed (orthonormal 3-D DCT), each coefficient kept by the Wiener gain
-  P² / (P² + σ²) of the pilot's (MRIDenoise's output through the Rician mean), the windows put back with
-  weights 1 / Σ gain², and the result mapped through the inverse Rician mean; with the true sigma.
+  of the noisy image, ``--step`` voxels apart, is transformed (orthonormal 3-D DCT), each
+  coefficient kept by the Wiener gain P² / (P² + σ²) of the pilot's (MRIDenoise's output through
+  the Rician mean), the windows put back with weights 1 / Σ gain², and the result mapped through
+  the inverse Rician mean; with the true sigma.
 - With ``--block-matching``, the grouped Wiener step (``MRIDenoiseLib.block_matching``, what
-  ``--thorough`` adds now: BM4D's second stage in PyTorch, groups of 16 4x4x4 windows matched within 3 voxels on MRIDenoise's
-  output, references 3 voxels apart), with the true sigma.
+  ``--thorough`` adds now: BM4D's second stage in PyTorch, groups of 16 4x4x4 windows matched
+  within 3 voxels on MRIDenoise's output, references 3 voxels apart), with the true sigma.
 - With ``--bm4d-stages``, BM4D's two stages apart: its hard-thresholding stage alone, and its
   Wiener stage alone (block matching on the pilot) with MRIDenoise's output as the pilot; both
   through the Rician mean and its inverse, as the DCT Wiener step.
