@@ -195,3 +195,25 @@ def test_benchmark_case_names_match_the_first_peer_cache():
     thick_lesions = {case.name: case.group for case in quality.CASES if case.thick and case.lesions}
     assert thick_lesions == {f"Colin27 6 mm slices{contrast} lesions": "thick lesions"
                              for contrast in ("", " T2-like", " PD-like")}
+
+
+def test_the_modes_figure_has_every_case_of_the_default_in_every_mode(tmp_path):
+    """benchmarks/modes_figure.py draws each mode's line from its own run's JSON: every run must
+    hold the cases and noise levels the default's panels show, or a line would silently miss points."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        import modes_figure
+    finally:
+        sys.path.pop(0)
+    results = benchmarks / "results"
+
+    def plotted(rows):
+        return {(row["case"], row["noise"]) for row in rows if row["group"] in ("iso", "coarse", "thick")}
+
+    default = plotted(modes_figure.rows_of(results, ["quality.json"]))
+    assert len(default) == 39  # 13 panels x 3 noise levels
+    for names in modes_figure.MODES.values():
+        assert plotted(modes_figure.rows_of(results, names)) == default
+    modes_figure.main(["--results", str(results), "--out", str(tmp_path / "modes.png")])
+    assert (tmp_path / "modes.png").stat().st_size > 10_000

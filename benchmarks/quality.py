@@ -562,30 +562,49 @@ def draw_figures(rows: list[dict], pictures: dict, folder: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=90)
         plt.close(fig)
 
+    if draw_psnr_vs_noise(rows, folder / "quality_psnr_vs_noise.png"):
+        written.append(folder / "quality_psnr_vs_noise.png")
+    return written
+
+
+def draw_psnr_vs_noise(rows: list[dict], path: Path, modes: dict[str, list[dict]] | None = None) -> bool:
+    """PSNR against noise level, a panel per scan and contrast measured at several levels, a line
+    per method of ``rows``, and one more per MRIDenoise mode of ``modes`` (label: that run's rows);
+    False (nothing drawn) if no case was measured at several levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     scans = sorted({r["case"].split(" T2")[0].split(" PD")[0] for r in rows if r["group"] in ("iso", "coarse", "thick")
                     and len({q["noise"] for q in rows if q["case"] == r["case"]}) > 1}, key=lambda n: (n[:3], n))
-    if scans:
-        fig, axes = plt.subplots(len(scans), 3, figsize=(11, 3.0 * len(scans)), squeeze=False)
-        for line, scan in zip(axes, scans):
-            for ax, contrast in zip(line, ("T1", "T2", "PD")):
-                name = scan if contrast == "T1" else f"{scan} {CONTRAST_NAMES[contrast]}"
-                points = sorted((r for r in rows if r["case"] == name), key=lambda r: r["noise"])
-                if not points:
-                    ax.axis("off")
-                    continue
-                for method, style in zip(METHODS, ("k:", "C0-o", "C1-s", "C3-^")):
-                    have = [r for r in points if method in r]
-                    ax.plot([r["noise"] for r in have], [r[method]["psnr"] for r in have], style, label=method)
-                ax.set_title(name, fontsize=9)
-                ax.set_xlabel("Rician noise (% of max)")
-                ax.set_ylabel("PSNR in the head (dB)")
-                ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(folder / "quality_psnr_vs_noise.png")
-        fig.savefig(written[-1], dpi=90)
-        plt.close(fig)
-    return written
+    if not scans:
+        return False
+    modes = modes or {}
+    fig, axes = plt.subplots(len(scans), 3, figsize=(11, 3.0 * len(scans)), squeeze=False)
+    for line, scan in zip(axes, scans):
+        for ax, contrast in zip(line, ("T1", "T2", "PD")):
+            name = scan if contrast == "T1" else f"{scan} {CONTRAST_NAMES[contrast]}"
+            points = sorted((r for r in rows if r["case"] == name), key=lambda r: r["noise"])
+            if not points:
+                ax.axis("off")
+                continue
+            for method, style in zip(METHODS, ("k:", "C0-o", "C1-s", "C3-^")):
+                have = [r for r in points if method in r]
+                ax.plot([r["noise"] for r in have], [r[method]["psnr"] for r in have], style, label=method)
+            for (label, mode_rows), style in zip(modes.items(), ("C3--v", "C2-D", "C2--d", "C4-x")):
+                have = sorted((r for r in mode_rows if r["case"] == name), key=lambda r: r["noise"])
+                ax.plot([r["noise"] for r in have], [r["MRIDenoise"]["psnr"] for r in have], style, label=label)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("Rician noise (% of max)")
+            ax.set_ylabel("PSNR in the head (dB)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":
