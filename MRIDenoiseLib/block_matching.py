@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dct_wiener import BLOCK, dct_basis, rician_amplitude, rician_mean
+from .dct_wiener import BLOCK, dct_basis, overlap_sums, rician_amplitude, rician_mean
 
 STEP = 3
 RADIUS = 3
@@ -86,8 +86,8 @@ def block_matched_wiener(
     window_transform = torch.kron(torch.kron(dct_basis(block), dct_basis(block)), dct_basis(block)).to(device)
     group_transform = dct_basis(matches).to(device)
     total = torch.zeros(noisy_padded.numel(), device=device)
-    # Each window's weight is added at its first corner; summing over the block x block x block
-    # corners that hold a voxel, once at the end, gives each voxel its sum of weights.
+    # Each window's weight is added at its first corner; summing over the windows that hold a
+    # voxel (every corner a window, one voxel apart), once at the end, gives its sum of weights.
     corner_weight = torch.zeros(noisy_padded.numel(), device=device)
 
     def transform(windows):  # (window in group, reference, voxel) -> their coefficients
@@ -116,7 +116,7 @@ def block_matched_wiener(
             corner_weight.index_add_(0, window_corners.reshape(-1), weight.expand(len(nearest), -1).reshape(-1))
             if progress is not None:
                 progress(min(first * per_plane + start + chunk, references_total) / references_total)
-    weight_sum = _window_sums(corner_weight.reshape(shape), block)
+    weight_sum = overlap_sums(corner_weight.reshape(shape), block, 1)[: shape[0], : shape[1], : shape[2]]
     inside = tuple(slice(radius, radius + n) for n in noisy.shape)
     return rician_amplitude((total.reshape(shape) / weight_sum)[inside], sigma)
 
@@ -141,16 +141,6 @@ def _strided_window_sums(volume: torch.Tensor, block: int, step: int, out: torch
         for shift in range(2, block):
             summed.add_(volume.narrow(axis, shift, length)[every_step])
         volume = summed
-
-
-def _window_sums(corner_values: torch.Tensor, block: int) -> torch.Tensor:
-    """For each voxel, the sum of ``corner_values`` over the corners of the windows of ``block``
-    voxels along each axis that hold it."""
-    for axis in range(3):
-        padded = F.pad(corner_values.movedim(axis, -1), (block - 1, 0))
-        corner_values = sum(padded[..., shift:shift + corner_values.shape[axis]] for shift in range(block))
-        corner_values = corner_values.movedim(-1, axis)
-    return corner_values
 
 
 def _distances(expected_padded: torch.Tensor, corners: list[torch.Tensor], offsets: torch.Tensor,

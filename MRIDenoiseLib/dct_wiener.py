@@ -123,6 +123,20 @@ def _synthesise(transformed: torch.Tensor, basis: torch.Tensor, step: int, dim: 
     return out
 
 
+def overlap_sums(window_values: torch.Tensor, block: int, step: int) -> torch.Tensor:
+    """For each voxel, the sum of ``window_values`` (one per window of ``block`` voxels along each
+    axis, windows ``step`` apart) over the windows that hold it: ``(windows - 1) * step + block``
+    voxels along each axis.
+
+    >>> overlap_sums(torch.ones(2, 1, 1), block=2, step=1)[:, 0, 0].tolist()
+    [1.0, 2.0, 1.0]
+    """
+    ones = window_values.new_ones(1, block)
+    for dim in (-1, -2, -3):
+        window_values = _synthesise(window_values[None], ones, step, dim)
+    return window_values
+
+
 def _coefficients(rows: torch.Tensor, basis: torch.Tensor, step: int) -> torch.Tensor:
     """The 3-D DCT of every window of ``rows`` (D, H, W), windows ``step`` apart:
     (frequency along W, along H, along D, windows along D, H, W)."""
@@ -176,8 +190,6 @@ def dct_wiener(
         _put_back(coefficients.mul_(gain).mul_(window_weights[first:last]), basis, step, total[rows])
         if progress is not None:
             progress(last / windows[0])
-    weight_sum = window_weights
-    for dim in (-1, -2, -3):
-        weight_sum = _synthesise(weight_sum[None], basis.new_ones(1, block), step, dim)
+    weight_sum = overlap_sums(window_weights, block, step)
     inside = tuple(slice(margin, margin + n) for n in sizes)
     return rician_amplitude(total[inside] / weight_sum[inside], sigma)
