@@ -205,6 +205,21 @@ def with_local_detail(guide: torch.Tensor, image: torch.Tensor, sigma: torch.Ten
     return guide + detail.share * bright * _box((image - guide).detach(), 1, detail.kernel)
 
 
+def patch_means_guide(image: torch.Tensor, sigma: torch.Tensor, detail: GuideDetail) -> torch.Tensor:
+    """Stage two's guide without stage one: the patch means of ``image`` (B, 1, D, H, W), given
+    back ``detail``'s share of the local mean they lost (``with_local_detail``). What the default
+    grouped Wiener step is matched on (TRAINING_RUNS.md, "The grouped step by default").
+
+    >>> flat = torch.full((1, 1, 8, 8, 8), 4.0)
+    >>> noisy = flat + 0.5 * torch.randn(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> guide = patch_means_guide(noisy, torch.tensor(0.5), GuideDetail())
+    >>> float((guide - flat).std()) < 0.6 * float((noisy - flat).std())
+    True
+    """
+    sigma = sigma.to(image).reshape(-1, 1, 1, 1, 1)
+    return with_local_detail(patch_means(image, (sigma * sigma).clamp(min=1e-10)), image, sigma, detail)
+
+
 class DenoiserNet(nn.Module):
     """Maps a normalised noisy volume and its normalised Rician sigma to a clean volume."""
 

@@ -31,7 +31,7 @@ from .inference import Cancelled, denoise_volume, resolve_device, retried_on_cpu
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
 from .local_means import local_mean_kernel, restore_local_means
-from .network import GUIDE_DETAIL, GuideDetail
+from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
 from .noise import estimate_sigma
 
 StageProgress = Callable[[str, float], None]
@@ -39,19 +39,44 @@ StageProgress = Callable[[str, float], None]
 STAGE_NOISE = "noise estimate"
 STAGE_DENOISE = "denoising"
 STAGE_BIAS = "bias correction"
-NETWORK_SHARE_THOROUGH = 0.45
+# The grouped Wiener step's search (``block_matched_wiener``): radius in voxels, windows per group.
+DEFAULT_SEARCH = (2, 8)
+THOROUGH_SEARCH = (3, 16)
+# Share of the denoising progress before the grouped step: the pilot's (the patch-means guide,
+# about 0.8 s of a 1 mm brain on 2 cores against 2 s for the step) or, with --thorough, the
+# network's (about 3 s against 3 s).
+PILOT_SHARE = 0.3
+NETWORK_SHARE_THOROUGH = 0.5
 
 
-def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: torch.device,
+def pilot_step(volume: np.ndarray, sigma: float, kernel: tuple[int, int, int], device: torch.device,
+               on_fallback: Callable[[str], None]) -> np.ndarray:
+    """``patch_means_guide`` of ``volume`` (in the network's units: divided by its intensity scale)
+    on ``device``, the local mean given back over ``kernel``; on the CPU after a GPU out-of-memory error."""
+    scale = intensity_scale(volume)
+
+    def on(where: torch.device) -> np.ndarray:
+        with torch.inference_mode():
+            image = torch.from_numpy(volume).to(where)[None, None] / scale
+            guide = patch_means_guide(image, torch.tensor(sigma / scale, device=where), GuideDetail(GUIDE_DETAIL, kernel))
+            return guide[0, 0].mul_(scale).cpu().numpy()
+
+    return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the pilot ({error}); it ran on the CPU")
+
+
+def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: torch.device, search: tuple[int, int],
                 progress: Callable[[float], None], on_fallback: Callable[[str], None]) -> np.ndarray:
-    """``block_matched_wiener`` of ``volume`` with ``pilot`` on ``device``; a GPU out-of-memory error is
-    retried on the CPU (as the network's pass is), and ``on_fallback`` is told."""
+    """``block_matched_wiener`` of ``volume`` with ``pilot`` on ``device``, within ``search`` (radius,
+    windows per group); a GPU out-of-memory error is retried on the CPU (as the network's pass
+    is), and ``on_fallback`` is told."""
+    radius, matches = search
+
     def on(where: torch.device) -> np.ndarray:
         with torch.inference_mode():
             return block_matched_wiener(torch.from_numpy(volume).to(where), torch.from_numpy(pilot).to(where), sigma,
-                                        progress=progress).cpu().numpy()
+                                        radius=radius, matches=matches, progress=progress).cpu().numpy()
 
-    return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the thorough step ({error}); it ran on the CPU")
+    return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
 
 
 @dataclass
@@ -74,6 +99,8 @@ class DenoisePipeline:
     def __init__(self, network=None, weights: Path | str | None = None):
         self._network, self._weights = network, weights
         self.load_seconds = 0.0
+        if weights is not None and network is None:
+            _ = self.network  # a weights file named is checked now, also where the mode does not run the network
 
     @property
     def network(self):
@@ -130,34 +157,42 @@ class DenoisePipeline:
         report(STAGE_NOISE, 1.0)
         check_cancel()
 
-        network = self.network
         chosen = resolve_device(device)
         started = time.perf_counter()
-        # With the grouped Wiener step, which takes a little longer than the network on a CPU
-        # (about 4.6 s against 3.6 s on a 1 mm brain), the network's progress fills the first 45%.
-        network_share = NETWORK_SHARE_THOROUGH if thorough else 1.0
-        denoised = denoise_volume(
-            volume, sigma, network, chosen,
-            progress=lambda fraction: report(STAGE_DENOISE, network_share * fraction),
-            cancel=cancel, on_fallback=notes.append,
-            guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, local_mean_kernel(tuple(reversed(spacing)))),
-        )
+        kernel = local_mean_kernel(tuple(reversed(spacing)))
+        # The grouped step filters a magnitude image (through the Rician mean); other images get
+        # the network's two stages alone.
+        magnitude = bool(volume.min() >= 0)
+        grouped = magnitude and (thorough or not preserve_detail)
+        if grouped and not thorough:
+            report(STAGE_DENOISE, 0.0)
+            denoised = pilot_step(volume, sigma, kernel, chosen, notes.append)
+            first_share = PILOT_SHARE
+        else:
+            first_share = NETWORK_SHARE_THOROUGH if grouped else 1.0
+            denoised = denoise_volume(
+                volume, sigma, self.network, chosen,
+                progress=lambda fraction: report(STAGE_DENOISE, first_share * fraction),
+                cancel=cancel, on_fallback=notes.append,
+                guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, kernel),
+            )
         if notes:  # the GPU ran out of memory: the CPU finished the job
             chosen = resolve_device("cpu")
-        if thorough and volume.min() < 0:
+        if thorough and not magnitude:
             notes.append("the thorough step (a Wiener filter of the magnitude) was skipped: the image has negative "
                          "voxels, so it is not a magnitude image")
-        elif thorough:
+        if grouped:
             check_cancel()
             # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
             # untested there.
             on_device = chosen if chosen.type == "cuda" else resolve_device("cpu")
 
             def wiener_progress(fraction):
-                report(STAGE_DENOISE, network_share + (1 - network_share) * fraction)
+                report(STAGE_DENOISE, first_share + (1 - first_share) * fraction)
                 check_cancel()
 
-            denoised = wiener_step(volume, denoised, sigma, on_device, wiener_progress, notes.append)
+            search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
+            denoised = wiener_step(volume, denoised, sigma, on_device, search, wiener_progress, notes.append)
         if preserve_detail:
             denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
         if not np.isfinite(denoised).all():

@@ -230,18 +230,19 @@ def test_progress_events_follow_the_stages_in_order(logic):
 def test_gpu_fallback_note_reaches_the_status_line(logic, monkeypatch):
     import MRIDenoiseLib.pipeline as pipeline
 
-    real = pipeline.denoise_volume
+    real = pipeline.pilot_step
+    note = "GPU out of memory in the pilot (OutOfMemoryError); it ran on the CPU"  # what pipeline.py says
 
-    def out_of_memory_then_cpu(volume, sigma, network, device, progress=None, cancel=None, on_fallback=None, **options):
-        on_fallback("GPU out of memory (OutOfMemoryError); running on the CPU")  # what inference.py says
-        return real(volume, sigma, network, "cpu", progress=progress, cancel=cancel, **options)
+    def out_of_memory_then_cpu(volume, sigma, kernel, device, on_fallback):
+        on_fallback(note)
+        return real(volume, sigma, kernel, pipeline.resolve_device("cpu"), on_fallback)
 
-    monkeypatch.setattr(pipeline, "denoise_volume", out_of_memory_then_cpu)
+    monkeypatch.setattr(pipeline, "pilot_step", out_of_memory_then_cpu)
     laid = SlicerLikeScene()
     source = laid.addVolume(noisy())
     events = []
     logic.process(source, biasCorrection=False, eventCallback=events.append)
     assert events[-1].kind == "completed"
-    assert events[-1].job.summary["notes"] == ["GPU out of memory (OutOfMemoryError); running on the CPU"]
-    assert events[-1].message.endswith("GPU out of memory (OutOfMemoryError); running on the CPU")
+    assert events[-1].job.summary["notes"] == [note]
+    assert events[-1].message.endswith(note)
     assert "on cpu" in events[-1].message
