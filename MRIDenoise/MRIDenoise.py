@@ -34,7 +34,8 @@ class MRIDenoise(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MRIDenoise contributors"]
         self.parent.helpText = _(
-            "Removes Rician noise from MRI volumes with a bundled neural network (no download), optionally "
+            "Removes Rician noise from MRI volumes (a grouped Wiener filter, or a bundled neural network that "
+            "keeps faint detail; no download), optionally "
             "followed by N4 bias correction, and shows the original and the result side by side. "
             'See the <a href="{url}">README</a> for scripting and batch use.').format(url=README_URL)
         self.parent.acknowledgementText = _(

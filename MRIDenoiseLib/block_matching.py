@@ -1,6 +1,7 @@
-"""A Wiener step on groups of matched windows: BM3D's second step (BM4D's, for volumes), with
-the network's output as the pilot. Not yet part of the pipeline: see TRAINING_RUNS.md, "A
-grouped Wiener step".
+"""A Wiener step on groups of matched windows: BM3D's second step (BM4D's, for volumes), with a
+pilot estimate (by default the patch-means guide, ``network.patch_means_guide``; with
+--preserve-detail --thorough the network's output): the pipeline's denoising step, see
+TRAINING_RUNS.md, "The grouped step by default".
 
 For every reference window of ``block`` voxels (placed ``step`` voxels apart), the ``matches``
 windows nearest to it in the pilot (mean squared difference, the reference itself included)

@@ -190,15 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="give back what denoising took from each 3x3x3 neighbourhood's mean: faint lesions "
                               "keep more contrast, a little noise stays (see BENCHMARKS.md)")
     denoise.add_argument("--thorough", action="store_true",
-                         help="refine with a Wiener filter on groups of similar 4x4x4 windows: higher PSNR, on a CPU about "
-                              "1.8 times the time; faint lesions keep more with --preserve-detail too (see BENCHMARKS.md)")
+                         help="search wider for the groups of similar 4x4x4 windows the Wiener filter averages: a little "
+                              "higher PSNR, on a CPU about 1.4 times the time; faint lesions keep more with --preserve-detail "
+                              "too (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")
     denoise.add_argument("--sigma", type=float, help="noise sigma in the input's units (default: estimated)")
     denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise (its noise "
                          "sigma is then also estimated from the series' consecutive differences, and the lower used)")
-    denoise.add_argument("--weights", help="weights file (default: the bundled model)")
+    denoise.add_argument("--weights", help="network weights file, for --preserve-detail (default: the bundled model)")
     denoise.add_argument("--shard", type=_shard_spec, metavar="INDEX/COUNT",
                          help="for a batch, denoise only every COUNT-th scan of the sorted list, from "
                               "number INDEX (0 to COUNT-1): one shard per task of a job array")

@@ -1,7 +1,9 @@
 """The denoising pipeline, the one entry point for the command, the worker and the Slicer logic.
 
-Order, on purpose: the noise sigma is estimated on the raw image and the network denoises the raw
-image first, because there the Rician noise is uniform and sigma holds everywhere. N4 divides by
+Order, on purpose: the noise sigma is estimated on the raw image and the raw image is denoised
+first (a Wiener filter of it on groups of similar windows, ``block_matching``, matched on a
+patch-means pilot; or the network, with ``preserve_detail``), because there the Rician noise is
+uniform and sigma holds everywhere. N4 divides by
 a smooth field, which would make the noise vary across the image; it is fitted afterwards, on the
 denoised image (a cleaner fit), and divided out of it. The residual (input minus denoised) is
 therefore pure removed noise in the input's units.
@@ -127,11 +129,13 @@ class DenoisePipeline:
         """Denoise (and, unless told not to, bias-correct) one 3-D volume.
 
         ``spacing`` is (x, y, z) in mm; ``sigma`` overrides the automatic noise estimate.
-        ``preserve_detail`` gives back what denoising took from each 3x3x3 neighbourhood's mean
-        (``local_means``): faint lesions keep more of their contrast, the output keeps a little noise.
-        ``thorough`` refines the network's output with a Wiener filter of the input on groups of
-        similar 4x4x4 windows (``block_matching``): higher PSNR, the faintest small lesions a little
-        dimmer unless ``preserve_detail`` is given too, and on a CPU about 1.8 times the time.
+        By default the input is Wiener-filtered on groups of similar 4x4x4 windows
+        (``block_matching``, DEFAULT_SEARCH) matched on its patch means (``pilot_step``).
+        ``preserve_detail`` runs the network instead and gives back what it took from each 3x3x3
+        neighbourhood's mean (``local_means``): faint lesions keep more of their contrast, the
+        output keeps a little noise. ``thorough`` searches wider for the groups (THOROUGH_SEARCH):
+        a little higher PSNR for about twice the step's time; with ``preserve_detail`` the grouped
+        step runs on the network's output before the local means are given back.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bias-field", help="also write the N4 bias field here")
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
     parser.add_argument("--preserve-detail", action="store_true", help="give back each 3x3x3 neighbourhood's lost mean")
-    parser.add_argument("--thorough", action="store_true", help="refine with a Wiener filter on groups of similar 4x4x4 windows")
+    parser.add_argument("--thorough", action="store_true", help="search wider for the groups of similar 4x4x4 windows")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--weights", help="weights file (default: the bundled ones)")
     return parser

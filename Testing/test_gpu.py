@@ -14,6 +14,7 @@ from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
 from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
+from MRIDenoiseLib.pipeline import DenoisePipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -61,3 +62,16 @@ def test_the_wiener_step_gives_the_cpus_result_on_the_gpu(epi_pair, network):
     on_gpu = block_matched_wiener(first.cuda(), pilot.cuda(), sigma).cpu()
     assert float((on_gpu - on_cpu).abs().median()) < 1e-4 * float(first.max())
     assert float((on_gpu - second).square().mean()) == pytest.approx(float((on_cpu - second).square().mean()), rel=1e-3)
+
+
+def test_the_default_gives_the_cpus_result_on_the_gpu(epi_pair):
+    """The default's patch-means pilot and grouped step on CUDA (not yet run on a GPU), compared
+    as the grouped step above."""
+    first, second = (volume.astype(np.float32) for volume in epi_pair)
+    pipeline = DenoisePipeline()
+    on_cpu = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False, device="cpu")
+    on_gpu = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False, device="cuda")
+    assert on_gpu.device == "cuda" and on_gpu.notes == []
+    assert float(np.median(np.abs(on_gpu.denoised - on_cpu.denoised))) < 1e-4 * float(first.max())
+    assert float(np.square(on_gpu.denoised - second).mean()) == pytest.approx(
+        float(np.square(on_cpu.denoised - second).mean()), rel=1e-3)

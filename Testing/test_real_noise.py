@@ -16,13 +16,13 @@ def test_denoised_first_volume_is_closer_to_the_second(epi_pair):
     denoised = DenoisePipeline().run(first, (2.0, 2.0, 2.2), bias_correction=False).denoised
     raw_error = float(((first - second)[inside] ** 2).mean())
     denoised_error = float(((denoised - second)[inside] ** 2).mean())
-    # Measured 161.53 against 162.25 with the bundled weights and the automatic sigma (13.2, about
-    # 1.5x the 9 of the two volumes' difference: anatomy in the finest detail): it helps, by little.
-    # Any harm fails.
+    # Measured 158.88 against 162.25 with the automatic sigma (13.2, about 1.5x the 9 of the two
+    # volumes' difference: anatomy in the finest detail; the network's two stages 161.53): it
+    # helps, by little. Any harm fails.
     assert denoised_error < raw_error
 
 
-def test_a_series_sigma_all_but_removes_the_harm_on_a_coarse_fmri_volume():
+def test_a_series_sigma_turns_harm_into_help_on_a_coarse_fmri_volume():
     """nibabel's 20-volume functional.nii (4 x 4 x 8 mm, 3 slices): at such voxels every fine
     detail is anatomy, and volume 0's own estimate is 3.3x the one from consecutive differences."""
     series = np.moveaxis(nibabel_series("functional.nii")[0], -1, 0)
@@ -36,6 +36,6 @@ def test_a_series_sigma_all_but_removes_the_harm_on_a_coarse_fmri_volume():
         return float(((denoised - others)[inside] ** 2).mean())
 
     raw = float(((first - others)[inside] ** 2).mean())
-    # Measured: 3172.9 raw, 3641.8 with the volume's own sigma (117.4), 3186.2 with the series' (35.3).
+    # Measured: 3172.9 raw, 4186.1 with the volume's own sigma (117.4), 3093.7 with the series' (35.3).
     assert estimates.alone > 3 * estimates.sigma
-    assert error(estimates.sigma) < 1.01 * raw < 0.9 * error()
+    assert error(estimates.sigma) < 0.99 * raw < 0.9 * error()

@@ -19,7 +19,7 @@ from quality import draw_psnr_vs_noise
 
 MODES = {
     "MRIDenoise --preserve-detail": ["quality_preserve_detail.json"],
-    "MRIDenoise --thorough": ["quality_thorough.json", "quality_thorough_lesions.json"],
+    "MRIDenoise --thorough": ["quality_thorough.json"],
     "MRIDenoise --thorough --preserve-detail": ["quality_thorough_preserve_detail.json"],
 }
 

@@ -364,7 +364,7 @@ def main() -> None:
         return
     from MRIDenoiseLib.comparison_snapshot import model_identity
 
-    tables = format_tables(rows) + f" MRIDenoise weights: {model_identity(args.weights)}."
+    tables = format_tables(rows) + f" MRIDenoise weights (where the mode runs the network): {model_identity(args.weights)}."
     print(tables)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -472,7 +472,8 @@ def format_tables(rows: list[dict]) -> str:
               "pure noise, higher = more anatomy in the residual (`MRIDenoiseLib.metrics`).")
     if one_mm:
         footer += (f" MRIDenoise took a median of {np.median(one_mm):.1f} s per 1 mm volume in this run (noise "
-                   "estimate and network, no N4, model loaded once), on a machine shared with other work; "
+                   "estimate and denoising, no N4, the model loaded once where the mode runs it), on a machine "
+                   "shared with other work; "
                    "BENCHMARKS.md has the timings measured alone. Peer timings are in the JSON, not compared, "
                    "for the same reason.")
     parts.append(footer)
