@@ -46,9 +46,9 @@ DEFAULT_SEARCH = (2, 8)
 THOROUGH_SEARCH = (3, 16)
 # Share of the denoising progress before the grouped step: the patch-means guide's (about 0.6 s
 # of a 1 mm brain on 2 cores, against 2 s for the step, 3 s with --thorough) or, with
-# --thorough --preserve-detail, the network's (about 3 s against 3 s).
+# --preserve-detail, the network's (about 3 s).
 PILOT_SHARE = 0.25
-NETWORK_SHARE_THOROUGH = 0.5
+NETWORK_SHARE = 0.55
 
 
 def pilot_step(volume: np.ndarray, sigma: float, kernel: tuple[int, int, int], device: torch.device,
@@ -167,14 +167,13 @@ class DenoisePipeline:
         # The grouped step filters a magnitude image (through the Rician mean); other images get
         # the network's two stages alone. With --preserve-detail the network's output (its guide
         # not given back the lost local mean, which keeps faint lesions apart) is the pilot.
-        magnitude = bool(volume.min() >= 0)
-        grouped = magnitude and (thorough or not preserve_detail)
+        grouped = bool(volume.min() >= 0)
         if grouped and not preserve_detail:
             report(STAGE_DENOISE, 0.0)
             denoised = pilot_step(volume, sigma, kernel, chosen, notes.append)
             first_share = PILOT_SHARE
         else:
-            first_share = NETWORK_SHARE_THOROUGH if grouped else 1.0
+            first_share = NETWORK_SHARE if grouped else 1.0
             denoised = denoise_volume(
                 volume, sigma, self.network, chosen,
                 progress=lambda fraction: report(STAGE_DENOISE, first_share * fraction),
@@ -183,9 +182,9 @@ class DenoisePipeline:
             )
         if notes:  # the GPU ran out of memory: the CPU finished the job
             chosen = resolve_device("cpu")
-        if thorough and not magnitude:
-            notes.append("the thorough step (a Wiener filter of the magnitude) was skipped: the image has negative "
-                         "voxels, so it is not a magnitude image")
+        if not grouped:
+            notes.append("the grouped Wiener step (a filter of the magnitude) was skipped: the image has negative "
+                         "voxels, so it is not a magnitude image; the network denoised it")
         if grouped:
             check_cancel()
             # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
