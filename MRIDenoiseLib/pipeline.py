@@ -131,11 +131,11 @@ class DenoisePipeline:
         ``spacing`` is (x, y, z) in mm; ``sigma`` overrides the automatic noise estimate.
         By default the input is Wiener-filtered on groups of similar 4x4x4 windows
         (``block_matching``, DEFAULT_SEARCH) matched on its patch means (``pilot_step``).
-        ``preserve_detail`` runs the network instead and gives back what it took from each 3x3x3
-        neighbourhood's mean (``local_means``): faint lesions keep more of their contrast, the
-        output keeps a little noise. ``thorough`` searches wider for the groups (THOROUGH_SEARCH):
-        a little higher PSNR for about twice the step's time; with ``preserve_detail`` the grouped
-        step runs on the network's output before the local means are given back.
+        ``preserve_detail`` matches the groups on the network's output instead and then gives back
+        what denoising took from each 3x3x3 neighbourhood's mean (``local_means``): faint lesions
+        keep more of their contrast, the output keeps a little noise. ``thorough`` searches wider
+        for the groups (THOROUGH_SEARCH): a little higher PSNR for about twice the step's time. An
+        image with negative voxels gets the network alone, with a note.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace, reporter: ProtocolReporter) -> dict:
 
     device = resolve_device_name(args.device)
     pipeline = DenoisePipeline(weights=args.weights)
-    _ = pipeline.network  # load (and checksum) the weights now, so the time counts as preparing
+    if args.preserve_detail:  # the mode that runs the network: load (and checksum) it now, while preparing
+        _ = pipeline.network
     reporter.progress(STAGE_PREPARING, 1.0)
     result = denoise_file(
         args.input, args.output, bias_correction=not args.no_n4, device=device,
