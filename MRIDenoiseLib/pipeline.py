@@ -185,7 +185,7 @@ class DenoisePipeline:
         if not grouped:
             notes.append("the grouped Wiener step (a filter of the magnitude) was skipped: the image has negative "
                          "voxels, so it is not a magnitude image; the network denoised it")
-        if grouped:
+        else:
             check_cancel()
             # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
             # untested there.
