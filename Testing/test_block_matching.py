@@ -93,3 +93,11 @@ def test_a_progress_that_raises_stops_every_worker(monkeypatch):
         torch.set_num_threads(threads)
     assert len(shares) == 2 and torch.get_num_threads() == threads
     assert len(gathered) < 40  # two a chunk: the workers stopped within a few chunks, not after all 112
+
+
+def test_windows_gathered_voxel_by_voxel_give_what_rows_give(monkeypatch):
+    """A GPU gathers every voxel of a window (no rows of voxels as one wide element): the same windows."""
+    clean, noisy = noisy_phantom((23, 26, 19), 6)
+    by_rows = block_matched_wiener(noisy, clean, SIGMA)
+    monkeypatch.setattr(block_matching, "_ROW_TYPES", {})
+    torch.testing.assert_close(block_matched_wiener(noisy, clean, SIGMA), by_rows, atol=1e-5, rtol=0)
