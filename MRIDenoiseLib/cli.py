@@ -7,7 +7,6 @@ written. Progress bars go to stderr and ``--quiet`` silences everything but erro
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import signal
@@ -16,6 +15,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from .process_memory import reuse_freed_memory
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -251,33 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-
-
-def _reuse_freed_memory() -> None:
-    """Have glibc keep freed blocks of up to 32 MiB (a 1 mm brain volume in float32) for the
-    next allocation instead of returning them to the kernel.
-
-    The network allocates and frees hundreds of volume-sized tensors; memory fresh from the
-    kernel costs a page fault per 4 KiB (about 0.7 s of a 9 s denoising). One arena for every
-    thread: the grouped step's worker threads would otherwise allocate from arenas of their own,
-    which glibc trims back to the kernel (0.5 s of a 5.7 s denoising). Elsewhere than glibc
-    nothing changes.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    mallopt(M_ARENA_MAX, 1)
-
-
 @contextmanager
 def _collector_paused():
     """Import torch, SimpleITK and their dependencies without the cyclic garbage collector.
@@ -301,7 +275,7 @@ def _exit_on_terminate(signum: int, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _reuse_freed_memory()
+    reuse_freed_memory()
     with _collector_paused():
         from .inference import Cancelled, DeviceUnavailable
         from .io import InputError

@@ -138,4 +138,7 @@ def main(argv: list[str] | None = None, output: TextIO | None = None,
 
 
 if __name__ == "__main__":
+    from .process_memory import reuse_freed_memory
+
+    reuse_freed_memory()
     sys.exit(main())
