@@ -66,6 +66,8 @@ def denoise_file(
                          "bias field to save: drop --save-bias")
     pipeline = pipeline or DenoisePipeline(weights=weights)
     load_seconds_before = pipeline.load_seconds  # in a batch the model is loaded for the first scan only
+    if weights is not None:  # a weights file named is checked in every mode, also where the network does not run
+        _ = pipeline.network
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     sigma_note, series_seconds = None, 0.0
     if sigma is None and series.GetDimension() == 4:
@@ -197,7 +199,10 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
     removed = remove_stale_temporaries(output_dir, [output_name(scan) for scan in inputs])
     if removed and reporter is not None:
         reporter.line(f"removed {len(removed)} temporary file(s) that a stopped run left in {output_dir}")
-    pipeline = pipeline or DenoisePipeline(weights=options.pop("weights", None))
+    weights = options.pop("weights", None)
+    pipeline = pipeline or DenoisePipeline(weights=weights)
+    if weights is not None:  # damaged weights would fail every scan: checked before the first
+        _ = pipeline.network
     summary = {"denoised": 0, "skipped": 0, "claimed": 0, "failed": []}
     for number, scan in enumerate(inputs, start=1):
         target = output_dir / output_name(scan)

@@ -101,8 +101,6 @@ class DenoisePipeline:
     def __init__(self, network=None, weights: Path | str | None = None):
         self._network, self._weights = network, weights
         self.load_seconds = 0.0
-        if weights is not None and network is None:
-            _ = self.network  # a weights file named is checked now, also where the mode does not run the network
 
     @property
     def network(self):
