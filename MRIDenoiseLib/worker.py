@@ -99,7 +99,9 @@ def run(args: argparse.Namespace, reporter: ProtocolReporter) -> dict:
 
     device = resolve_device_name(args.device)
     pipeline = DenoisePipeline(weights=args.weights)
-    if args.preserve_detail:  # the mode that runs the network: load (and checksum) it now, while preparing
+    # Load (and checksum) the network now, while preparing, where the mode runs it or a weights
+    # file is named (checked in every mode, as the command does).
+    if args.preserve_detail or args.weights is not None:
         _ = pipeline.network
     reporter.progress(STAGE_PREPARING, 1.0)
     result = denoise_file(
