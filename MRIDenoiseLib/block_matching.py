@@ -125,7 +125,10 @@ def block_matched_wiener(
                 worker.result()
     finally:
         torch.set_num_threads(threads)
-    total, corner_weight = (torch.stack(part).sum(dim=0) if workers > 1 else part[0] for part in zip(*sums))
+    total, corner_weight = sums[0]
+    for more_total, more_weight in sums[1:]:
+        total.add_(more_total)
+        corner_weight.add_(more_weight)
     weight_sum = overlap_sums(corner_weight.reshape(shape), block, 1)[: shape[0], : shape[1], : shape[2]]
     inside = tuple(slice(radius, radius + n) for n in noisy.shape)
     return rician_amplitude((total.reshape(shape) / weight_sum)[inside], sigma)
@@ -145,8 +148,8 @@ class _Groups:
         self.strides = torch.tensor(noisy.stride())
         grid = torch.stack(torch.meshgrid(*[torch.arange(block)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.in_window = (grid @ self.strides).to(device)
-        self.noisy_rows, self.expected_rows = _rows(noisy, block), _rows(expected, block)
-        row = block if self.noisy_rows.dtype != noisy.dtype else 1
+        self.noisy = noisy
+        row = block if block in _ROW_TYPES and device.type == "cpu" else 1
         self.rows_in_window = (grid[grid[:, 2] % row == 0] @ self.strides).to(device)
         self.window_transform = torch.kron(torch.kron(dct_basis(block), dct_basis(block)), dct_basis(block)).to(device)
         self.group_transform = dct_basis(matches).to(device)
@@ -155,6 +158,7 @@ class _Groups:
         return torch.einsum("kj,jrc->krc", self.group_transform, windows @ self.window_transform.T)
 
     def _gather(self, rows, window_corners):
+        """The windows at ``window_corners`` (flat indices into ``rows``) from ``_rows``."""
         return rows[window_corners[..., None] + self.rows_in_window].view(torch.float32)
 
     def filter(self, corners: list[torch.Tensor], total: torch.Tensor, corner_weight: torch.Tensor,
@@ -172,13 +176,18 @@ class _Groups:
             distance[self.itself] = -1  # the reference heads its group even among ties (a flat background)
             nearest_in_slab = distance.flatten(1).topk(self.matches, dim=0, largest=False).indices.cpu()
             references_in_slab = torch.stack(torch.meshgrid(*slab, indexing="ij"), -1).reshape(-1, 3) + radius
+            # The planes this slab's windows lie in, as rows (a copy: only the slab's, so that a
+            # large volume needs no rows of all of it).
+            planes_in_slab = slice(int(slab[0][0]), int(slab[0][-1]) + 2 * radius + self.block)
+            noisy_rows, expected_rows = (_rows(volume[planes_in_slab], self.block) for volume in (self.noisy, self.expected))
+            slab_start = planes_in_slab.start * int(self.strides[0])
             for start in range(0, len(references_in_slab), chunk):
                 if stop.is_set():
                     return
                 nearest = self.offsets[nearest_in_slab[:, start:start + chunk]]
                 window_corners = ((references_in_slab[None, start:start + chunk] + nearest) @ self.strides).to(device)
-                coefficients = self._transform(self._gather(self.noisy_rows, window_corners))
-                gain = self._transform(self._gather(self.expected_rows, window_corners)).square_()
+                coefficients = self._transform(self._gather(noisy_rows, window_corners - slab_start))
+                gain = self._transform(self._gather(expected_rows, window_corners - slab_start)).square_()
                 gain = gain.div_(gain + sigma * sigma)
                 weight = gain.square().sum(dim=(0, 2)).clamp_(min=1e-3).reciprocal_()
                 estimate = torch.einsum("kj,krc->jrc", self.group_transform, coefficients.mul_(gain)) @ self.window_transform
@@ -190,7 +199,7 @@ class _Groups:
 
 # A row of a window's voxels along the last axis as one element of this type, so that gathering
 # a window moves a few wide elements instead of every voxel (2.5 times as fast on a CPU). Not on
-# a GPU, whose gathers are fast anyway: the rows take ``block`` times the volume's memory.
+# a GPU, whose gathers are fast anyway: the rows take ``block`` times the memory of the slab's planes.
 _ROW_TYPES = {2: torch.float64, 4: torch.complex128}
 
 

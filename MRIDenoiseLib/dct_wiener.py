@@ -60,12 +60,32 @@ def dct_basis(length: int) -> torch.Tensor:
     return basis.float()
 
 
+# Voxels mapped at once by ``rician_mean`` and ``rician_amplitude``: their temporaries (a dozen
+# arrays, some of int64) would otherwise be several times a large volume's memory.
+VOXELS_PER_MAPPING = 1 << 22
+
+
+def _voxel_chunks(mapping: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor) -> torch.Tensor:
+    """``mapping`` (element-wise) of ``values``, ``VOXELS_PER_MAPPING`` voxels at a time."""
+    if values.numel() <= VOXELS_PER_MAPPING:
+        return mapping(values)
+    flat = values.reshape(-1)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), VOXELS_PER_MAPPING):
+        out[start:start + VOXELS_PER_MAPPING] = mapping(flat[start:start + VOXELS_PER_MAPPING])
+    return out.reshape(values.shape)
+
+
 def rician_mean(amplitude: torch.Tensor, sigma: float) -> torch.Tensor:
     """E[M] of a Rician magnitude M whose noise-free amplitude is ``amplitude`` (in its dtype).
 
     >>> round(float(rician_mean(torch.tensor(0.0), 1.0)), 4)  # the Rayleigh mean, sqrt(pi / 2)
     1.2533
     """
+    return _voxel_chunks(lambda values: _rician_mean(values, sigma), amplitude)
+
+
+def _rician_mean(amplitude: torch.Tensor, sigma: float) -> torch.Tensor:
     half = amplitude.square() / (4 * sigma * sigma)
     bessel = (1 + 2 * half) * torch.special.i0e(half) + 2 * half * torch.special.i1e(half)
     return sigma * math.sqrt(math.pi / 2) * bessel
@@ -88,10 +108,15 @@ def rician_amplitude(mean: torch.Tensor, sigma: float, samples: int = 6001) -> t
     upper = torch.searchsorted(roots, even_roots).clamp(1, samples - 1)
     share = (even_roots - roots[upper - 1]) / (roots[upper] - roots[upper - 1])
     table = torch.lerp(amplitudes[upper - 1], amplitudes[upper], share).to(mean.device, mean.dtype)
-    position = (mean - float(means[0])).clamp(min=0).sqrt_().div_(float(even_roots[1]))
-    index = position.long().clamp_(max=samples - 2)
-    amplitude = torch.lerp(table[index], table[index + 1], position.sub_(index))
-    return torch.where(mean > float(means[-1]), mean - sigma * sigma / (2 * mean), amplitude)
+    floor, spacing, top = float(means[0]), float(even_roots[1]), float(means[-1])
+
+    def look_up(values: torch.Tensor) -> torch.Tensor:
+        position = (values - floor).clamp(min=0).sqrt_().div_(spacing)
+        index = position.long().clamp_(max=samples - 2)
+        amplitude = torch.lerp(table[index], table[index + 1], position.sub_(index))
+        return torch.where(values > top, values - sigma * sigma / (2 * values), amplitude)
+
+    return _voxel_chunks(look_up, mean)
 
 
 def _analyse(volume: torch.Tensor, basis: torch.Tensor, step: int, dim: int) -> torch.Tensor:

@@ -83,3 +83,11 @@ def test_with_a_perfect_pilot_it_removes_most_noise_and_keeps_edges():
     # The step of 30 from 'white matter' to the brightest core stays a step, not a ramp.
     profile = filtered[16, 18, :].numpy()
     assert clean[16, 18, 10] - clean[16, 18, 9] > 29 and profile[10] - profile[9] > 20  # measured 31
+
+
+def test_the_rician_mappings_give_the_same_voxels_a_chunk_at_a_time(monkeypatch):
+    amplitude = torch.rand(9, 10, 11, generator=torch.Generator().manual_seed(0)) * 80  # up to 80 sigma: both branches
+    whole_mean, whole_amplitude = rician_mean(amplitude, 1.0), rician_amplitude(amplitude, 1.0)
+    monkeypatch.setattr(dct_wiener_module, "VOXELS_PER_MAPPING", 97)
+    assert torch.equal(rician_mean(amplitude, 1.0), whole_mean)
+    assert torch.equal(rician_amplitude(amplitude, 1.0), whole_amplitude)
