@@ -71,14 +71,13 @@ def block_matched_wiener(
     ``progress`` is told the share done after each chunk of reference windows, on the calling
     thread (and may raise to stop)."""
     device = noisy.device
-    expected = rician_mean(pilot.float(), sigma)
     # A margin of ``radius`` lets every candidate window lie inside (replicated edges are
     # candidates too), and a few voxels more at the end let the references, ``step`` apart,
     # cover every voxel, and a window fit along an axis thinner than it (a few slices).
     extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
     pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
     noisy_padded = F.pad(noisy.float()[None, None], pad, mode="replicate")[0, 0].contiguous()
-    expected_padded = F.pad(expected[None, None], pad, mode="replicate")[0, 0].contiguous()
+    expected_padded = F.pad(rician_mean(pilot.float(), sigma)[None, None], pad, mode="replicate")[0, 0].contiguous()
     shape = noisy_padded.shape
     corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
     groups = _Groups(noisy_padded, expected_padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
@@ -149,8 +148,8 @@ class _Groups:
         grid = torch.stack(torch.meshgrid(*[torch.arange(block)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.in_window = (grid @ self.strides).to(device)
         self.noisy = noisy
-        row = block if block in _ROW_TYPES and device.type == "cpu" else 1
-        self.rows_in_window = (grid[grid[:, 2] % row == 0] @ self.strides).to(device)
+        self.row = _row_length(block, device)
+        self.rows_in_window = (grid[grid[:, 2] % self.row == 0] @ self.strides).to(device)
         self.window_transform = torch.kron(torch.kron(dct_basis(block), dct_basis(block)), dct_basis(block)).to(device)
         self.group_transform = dct_basis(matches).to(device)
 
@@ -179,7 +178,7 @@ class _Groups:
             # The planes this slab's windows lie in, as rows (a copy: only the slab's, so that a
             # large volume needs no rows of all of it).
             planes_in_slab = slice(int(slab[0][0]), int(slab[0][-1]) + 2 * radius + self.block)
-            noisy_rows, expected_rows = (_rows(volume[planes_in_slab], self.block) for volume in (self.noisy, self.expected))
+            noisy_rows, expected_rows = (_rows(volume[planes_in_slab], self.row) for volume in (self.noisy, self.expected))
             slab_start = planes_in_slab.start * int(self.strides[0])
             for start in range(0, len(references_in_slab), chunk):
                 if stop.is_set():
@@ -203,14 +202,19 @@ class _Groups:
 _ROW_TYPES = {2: torch.float64, 4: torch.complex128}
 
 
-def _rows(volume: torch.Tensor, block: int) -> torch.Tensor:
-    """On a CPU, the ``block`` voxels of ``volume`` (float32, contiguous) along the last axis from
-    each flat index on, each row one element of ``_ROW_TYPES[block]``; elsewhere, or where there
-    is no such type, ``volume`` flattened."""
+def _row_length(block: int, device: torch.device) -> int:
+    """Voxels gathered as one element: a window's row on a CPU where ``_ROW_TYPES`` has its type, else 1."""
+    return block if block in _ROW_TYPES and device.type == "cpu" else 1
+
+
+def _rows(volume: torch.Tensor, length: int) -> torch.Tensor:
+    """The ``length`` voxels of ``volume`` (float32, contiguous) along the last axis from each
+    flat index on, each row one element of ``_ROW_TYPES[length]``; for a length of 1, ``volume``
+    flattened."""
     flat = volume.reshape(-1)
-    if block not in _ROW_TYPES or volume.device.type != "cpu":
+    if length == 1:
         return flat
-    return flat.as_strided((flat.numel() - block + 1, block), (1, 1)).contiguous().view(_ROW_TYPES[block]).reshape(-1)
+    return flat.as_strided((flat.numel() - length + 1, length), (1, 1)).contiguous().view(_ROW_TYPES[length]).reshape(-1)
 
 
 def _strided_window_sums(volume: torch.Tensor, block: int, step: int, out: torch.Tensor,
