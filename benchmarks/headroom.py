@@ -13,9 +13,11 @@ same cases and noise draws as ``benchmarks/quality.py``, against its cached peer
   coefficient kept by the Wiener gain P² / (P² + σ²) of the pilot's (MRIDenoise's output through
   the Rician mean), the windows put back with weights 1 / Σ gain², and the result mapped through
   the inverse Rician mean; with the true sigma.
-- With ``--block-matching``, the grouped Wiener step (``MRIDenoiseLib.block_matching``, what
-  ``--thorough`` adds now: BM4D's second stage in PyTorch, groups of 16 4x4x4 windows matched
-  within 3 voxels on MRIDenoise's output, references 3 voxels apart), with the true sigma.
+- With ``--block-matching``, the grouped Wiener step (``MRIDenoiseLib.block_matching``: BM4D's
+  second stage in PyTorch, groups of 16 4x4x4 windows matched within 3 voxels on MRIDenoise's
+  output, references 3 voxels apart), with the true sigma. Since MRIDenoise's default output is
+  itself that step's (on its patch-means pilot), this is now a second pass of it, as the DCT
+  Wiener step above is a pass after it.
 - With ``--bm4d-stages``, BM4D's two stages apart: its hard-thresholding stage alone, and its
   Wiener stage alone (block matching on the pilot) with MRIDenoise's output as the pilot; both
   through the Rician mean and its inverse, as the DCT Wiener step.
