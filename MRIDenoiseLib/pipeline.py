@@ -52,10 +52,11 @@ NETWORK_SHARE = 0.55
 
 
 def pilot_step(volume: np.ndarray, sigma: float, kernel: tuple[int, int, int], device: torch.device,
-               on_fallback: Callable[[str], None]) -> np.ndarray:
-    """``patch_means_guide`` of ``volume`` (in the network's units: divided by its intensity scale)
-    on ``device``, the local mean given back over ``kernel``; on the CPU after a GPU out-of-memory error."""
-    scale = intensity_scale(volume)
+               on_fallback: Callable[[str], None], scale: float | None = None) -> np.ndarray:
+    """``patch_means_guide`` of ``volume`` (in the network's units: divided by its intensity scale,
+    ``scale`` where the caller has it) on ``device``, the local mean given back over ``kernel``; on
+    the CPU after a GPU out-of-memory error."""
+    scale = scale or intensity_scale(volume)
 
     def on(where: torch.device) -> np.ndarray:
         with torch.inference_mode():
@@ -168,7 +169,7 @@ class DenoisePipeline:
         grouped = bool(volume.min() >= 0)
         if grouped and not preserve_detail:
             report(STAGE_DENOISE, 0.0)
-            denoised = pilot_step(volume, sigma, kernel, chosen, notes.append)
+            denoised = pilot_step(volume, sigma, kernel, chosen, notes.append, scale)
             first_share = PILOT_SHARE
         else:
             first_share = NETWORK_SHARE if grouped else 1.0

@@ -233,9 +233,9 @@ def test_gpu_fallback_note_reaches_the_status_line(logic, monkeypatch):
     real = pipeline.pilot_step
     note = "GPU out of memory in the pilot (OutOfMemoryError); it ran on the CPU"  # what pipeline.py says
 
-    def out_of_memory_then_cpu(volume, sigma, kernel, device, on_fallback):
+    def out_of_memory_then_cpu(volume, sigma, kernel, device, on_fallback, *scale):
         on_fallback(note)
-        return real(volume, sigma, kernel, pipeline.resolve_device("cpu"), on_fallback)
+        return real(volume, sigma, kernel, pipeline.resolve_device("cpu"), on_fallback, *scale)
 
     monkeypatch.setattr(pipeline, "pilot_step", out_of_memory_then_cpu)
     laid = SlicerLikeScene()
