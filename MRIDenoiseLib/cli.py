@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "keep more contrast, a little noise stays (see BENCHMARKS.md)")
     denoise.add_argument("--thorough", action="store_true",
                          help="search wider for the groups of similar 4x4x4 windows the Wiener filter averages: a little "
-                              "higher PSNR, on a CPU about 1.5 times the time; faint lesions keep more with --preserve-detail "
+                              "higher PSNR, on a CPU about 1.4 times the time; faint lesions keep more with --preserve-detail "
                               "too (see BENCHMARKS.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
