@@ -27,12 +27,14 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .dct_wiener import BLOCK, dct_basis, overlap_sums, rician_amplitude, rician_mean
+from .worker_threads import one_thread_per_operation
 
 STEP = 3
 RADIUS = 3
@@ -103,10 +105,7 @@ def block_matched_wiener(
         finally:
             done.put(None)
 
-    threads = torch.get_num_threads()
-    if workers > 1:
-        torch.set_num_threads(1)
-    try:
+    with one_thread_per_operation() if workers > 1 else nullcontext():
         with ThreadPoolExecutor(workers) as pool:
             running = [pool.submit(filter_run, number) for number in range(workers)]
             filtered, ended, total_references = 0, 0, len(corners[0]) * len(corners[1]) * len(corners[2])
@@ -122,8 +121,6 @@ def block_matched_wiener(
                 stop.set()
             for worker in running:
                 worker.result()
-    finally:
-        torch.set_num_threads(threads)
     total, corner_weight = sums[0]
     for more_total, more_weight in sums[1:]:
         total.add_(more_total)

@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .worker_threads import one_thread_per_operation
+
 Offset = tuple[int, int, int]
 PairWeight = Callable[[Offset, tuple, tuple], torch.Tensor]
 
@@ -150,14 +152,9 @@ def _rician_average(image: torch.Tensor, variance: torch.Tensor, squared_radius:
             with torch.no_grad(), torch.inference_mode(inference):
                 average_slabs(runs[number], started[number + 1] if number + 1 < workers else None, started[number])
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for done in [pool.submit(average_run, number) for number in range(workers)]:
-                    done.result()
-        finally:
-            torch.set_num_threads(threads)
+        with one_thread_per_operation(), ThreadPoolExecutor(workers) as pool:
+            for done in [pool.submit(average_run, number) for number in range(workers)]:
+                done.result()
     return torch.sqrt(torch.clamp(total / weight_sum - 2 * variance, min=1e-8))
 
 

@@ -12,6 +12,7 @@ from MRIDenoiseLib.block_matching import block_matched_wiener
 from MRIDenoiseLib.dct_wiener import dct_wiener
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise
+from MRIDenoiseLib.worker_threads import one_thread_per_operation
 
 SIGMA = 6.0
 
@@ -101,3 +102,16 @@ def test_windows_gathered_voxel_by_voxel_give_what_rows_give(monkeypatch):
     by_rows = block_matched_wiener(noisy, clean, SIGMA)
     monkeypatch.setattr(block_matching, "_ROW_TYPES", {})
     torch.testing.assert_close(block_matched_wiener(noisy, clean, SIGMA), by_rows, atol=1e-5, rtol=0)
+
+
+def test_two_callers_at_once_leave_the_thread_count_as_the_first_found_it():
+    """Two pipelines in one process: the second caller finds 1 thread while the first holds it
+    there; whichever leaves last puts back the count the first found."""
+    threads = torch.get_num_threads()
+    first, second = one_thread_per_operation(), one_thread_per_operation()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == threads
