@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from .inference import Cancelled, DeviceUnavailable
 from .input_checks import can_correct_bias
 from .io import (
+    Geometry,
     InputError,
     check_image,
     check_output_path,
@@ -68,23 +69,24 @@ def denoise_file(
     load_seconds_before = pipeline.load_seconds  # in a batch the model is loaded for the first scan only
     if weights is not None:  # a weights file named is checked in every mode, also where the network does not run
         _ = pipeline.network
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     sigma_note, series_seconds = None, 0.0
     if sigma is None and series.GetDimension() == 4:
         started_estimate = time.perf_counter()
         sigma, sigma_note = _series_sigma(series, volume)
         series_seconds = time.perf_counter() - started_estimate
-    del series  # a long series need not stay in memory while the volume is denoised
+    geometry = Geometry.of(image)
+    del series, image  # their voxels (a long series, a large volume) need not stay in memory while it is denoised
     progress = reporter.progress if reporter is not None else None
-    result = pipeline.run(array, image.GetSpacing(), bias_correction=bias_correction, device=device,
+    result = pipeline.run(array, geometry.spacing, bias_correction=bias_correction, device=device,
                           sigma=sigma, progress=progress, preserve_detail=preserve_detail,
                           thorough=thorough)
     result.seconds[STAGE_NOISE] += series_seconds
-    outputs = [(image_like(result.denoised, image), output_path)]
+    outputs = [(image_like(result.denoised, geometry), output_path)]
     if save_bias is not None:
-        outputs.append((image_like(result.bias_field, image), save_bias))
+        outputs.append((image_like(result.bias_field, geometry), save_bias))
     if save_residual is not None:
-        outputs.append((image_like(result.residual, image), save_residual))
+        outputs.append((image_like(result.residual, geometry), save_residual))
     started_write = time.perf_counter()
     write_images(outputs)
     if reporter is not None:

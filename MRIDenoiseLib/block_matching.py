@@ -72,33 +72,50 @@ def block_matched_wiener(
     groups matched and gains taken on ``pilot`` (an amplitude estimate of the same shape).
     ``progress`` is told the share done after each chunk of reference windows, on the calling
     thread (and may raise to stop)."""
-    device = noisy.device
     # A margin of ``radius`` lets every candidate window lie inside (replicated edges are
     # candidates too), and a few voxels more at the end let the references, ``step`` apart,
     # cover every voxel, and a window fit along an axis thinner than it (a few slices).
     extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
     pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
-    noisy_padded = F.pad(noisy.float()[None, None], pad, mode="replicate")[0, 0].contiguous()
-    expected_padded = F.pad(rician_mean(pilot.float(), sigma)[None, None], pad, mode="replicate")[0, 0].contiguous()
-    shape = noisy_padded.shape
+    padded = (F.pad(volume[None, None], pad, mode="replicate")[0, 0]
+              for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
+    groups = _Groups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
+    shape = groups.noisy.shape
     corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
-    groups = _Groups(noisy_padded, expected_padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
+    total, corner_weight = _filter_in_phases(groups, corners, progress)
+    # Each full-size array is let go as soon as it has served (the padded copies, the weights):
+    # on a 512³ volume each is half a gigabyte.
+    del groups
+    weight_sum = overlap_sums(corner_weight.reshape(shape), block, 1)[: shape[0], : shape[1], : shape[2]]
+    del corner_weight
+    inside = tuple(slice(radius, radius + n) for n in noisy.shape)
+    estimate = total.reshape(shape).div_(weight_sum)[inside].contiguous()
+    del total, weight_sum
+    return rician_amplitude(estimate, sigma)
+
+
+def _filter_in_phases(groups: "_Groups", corners: list[torch.Tensor],
+                      progress: Optional[Callable[[float], None]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums ``_Groups.filter`` adds into (flat: the estimates, the weights at the windows'
+    corners) over every reference window at ``corners`` (along D, H, W)."""
+    device = groups.noisy.device
     # On a CPU one thread per core, each on its own run of reference planes with single-threaded
     # operations (as the non-local means): the operations on a chunk are too small to share well.
-    workers = min(torch.get_num_threads(), len(corners[0])) if device.type == "cpu" else 1
-    bounds = [len(corners[0]) * index // workers for index in range(workers + 1)]
-    runs = [[corners[0][first:last], corners[1], corners[2]] for first, last in itertools.pairwise(bounds)]
-    sums = [(torch.zeros(noisy_padded.numel(), device=device), torch.zeros(noisy_padded.numel(), device=device))
-            for _ in runs]
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    phases = worker_phases(len(corners[0]), threads, groups.block, groups.step, groups.radius)
+    workers = len(phases[0])
+    total = torch.zeros(groups.noisy.numel(), device=device)
+    corner_weight = torch.zeros_like(total)
     per_slab, chunk = references_per_slab_and_chunk(device)
     done = queue.SimpleQueue()  # references filtered, from the workers; None when one ends
     stop = threading.Event()
     inference = torch.is_inference_mode_enabled()
 
-    def filter_run(number):
+    def filter_run(planes):
         try:
             with torch.no_grad(), torch.inference_mode(inference):
-                groups.filter(runs[number], *sums[number], per_slab, chunk, done.put, stop)
+                run = [corners[0][planes[0]:planes[1]], corners[1], corners[2]]
+                groups.filter(run, total, corner_weight, per_slab, chunk, done.put, stop)
         except BaseException:
             stop.set()
             raise
@@ -107,27 +124,39 @@ def block_matched_wiener(
 
     with one_thread_per_operation() if workers > 1 else nullcontext():
         with ThreadPoolExecutor(workers) as pool:
-            running = [pool.submit(filter_run, number) for number in range(workers)]
-            filtered, ended, total_references = 0, 0, len(corners[0]) * len(corners[1]) * len(corners[2])
+            filtered, total_references = 0, len(corners[0]) * len(corners[1]) * len(corners[2])
             try:
-                while ended < workers:
-                    count = done.get()
-                    if count is None:
-                        ended += 1
-                    elif progress is not None:
-                        filtered += count
-                        progress(filtered / total_references)
+                for runs in phases:
+                    running = [pool.submit(filter_run, planes) for planes in runs]
+                    for _ in running:
+                        while (count := done.get()) is not None:
+                            if progress is not None:
+                                filtered += count
+                                progress(filtered / total_references)
+                    for worker in running:
+                        worker.result()
             finally:
                 stop.set()
-            for worker in running:
-                worker.result()
-    total, corner_weight = sums[0]
-    for more_total, more_weight in sums[1:]:
-        total.add_(more_total)
-        corner_weight.add_(more_weight)
-    weight_sum = overlap_sums(corner_weight.reshape(shape), block, 1)[: shape[0], : shape[1], : shape[2]]
-    inside = tuple(slice(radius, radius + n) for n in noisy.shape)
-    return rician_amplitude((total.reshape(shape) / weight_sum)[inside], sigma)
+    return total, corner_weight
+
+
+def worker_phases(planes: int, threads: int, block: int, step: int, radius: int) -> list[list[tuple[int, int]]]:
+    """Runs of reference planes (first, end) for up to ``threads`` workers that add into one pair
+    of sums, in phases: within a phase no two runs' windows share a plane.
+
+    The last planes of each run (its seam) have windows that reach the next run's, so they are
+    filtered in a second phase, after every run's others.
+
+    >>> worker_phases(20, 2, block=4, step=3, radius=2)
+    [[(0, 8), (10, 20)], [(8, 10)]]
+    """
+    # A reference plane's windows reach 2 * radius + block planes from its corner: into the next
+    # run's when it is one of the last ``seam`` planes of its run.
+    seam = -(-(2 * radius + block) // step) - 1
+    workers = max(1, min(threads, planes // max(2 * seam, 1)))
+    bounds = [planes * index // workers for index in range(workers + 1)]
+    ends = [last - seam for last in bounds[1:-1]] + [bounds[-1]]
+    return [list(zip(bounds, ends)), list(zip(ends, bounds[1:]))[:-1]]
 
 
 class _Groups:

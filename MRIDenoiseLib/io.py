@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -149,10 +150,34 @@ def pick_volume(image: sitk.Image, index: int | None) -> sitk.Image:
     return sitk.Extract(image, size, [0, 0, 0, index])
 
 
-def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """A float32 image from a z-y-x array, with ``reference``'s size, spacing, origin and direction."""
-    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32).reshape(sitk.GetArrayViewFromImage(reference).shape))
-    image.CopyInformation(reference)
+@dataclass(frozen=True)
+class Geometry:
+    """A 3-D image's voxel grid without its voxels (in SimpleITK's x-y-z order): what an output
+    needs of its input, so that a large input's voxels need not be kept while it is denoised."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def image_like(array: np.ndarray, reference: sitk.Image | Geometry) -> sitk.Image:
+    """A float32 image from a z-y-x array, with ``reference``'s size, spacing, origin and direction.
+
+    >>> reference = sitk.Image(4, 3, 2, sitk.sitkInt16)
+    >>> reference.SetSpacing((0.5, 1.0, 6.0))
+    >>> image_like(np.zeros(24), Geometry.of(reference)).GetSpacing()
+    (0.5, 1.0, 6.0)
+    """
+    geometry = reference if isinstance(reference, Geometry) else Geometry.of(reference)
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32).reshape(geometry.size[::-1]))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
     return image
 
 

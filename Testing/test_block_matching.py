@@ -1,6 +1,8 @@
 """The grouped Wiener step (BM4D's second stage, matched on the network's output) that --thorough
 runs after the network; test_thorough.py runs it through the pipeline."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -56,11 +58,27 @@ def test_with_a_perfect_pilot_grouping_removes_more_noise_than_the_windows_alone
     assert error(grouped) < 0.3 * error(noisy)
 
 
-def test_one_thread_per_core_gives_what_one_thread_gives():
-    clean, noisy = noisy_phantom((31, 26, 23), 4)
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("block, step, radius", [(4, 3, 2), (4, 3, 3), (4, 2, 1), (4, 4, 0), (2, 1, 1)])
+def test_workers_in_a_phase_never_add_into_the_same_plane(threads, block, step, radius):
+    for planes in range(1, 70):
+        phases = block_matching.worker_phases(planes, threads, block, step, radius)
+        runs = sorted(run for phase in phases for run in phase)
+        assert [plane for first, end in runs for plane in range(first, end)] == list(range(planes))
+        assert 1 <= len(phases[0]) <= threads
+        for phase in phases:  # the padded planes each run's windows lie in, [corner, last corner + reach)
+            spans = sorted((first * step, (end - 1) * step + 2 * radius + block) for first, end in phase if end > first)
+            assert all(stop <= start for (_, stop), (start, _) in itertools.pairwise(spans))
+    assert len(block_matching.worker_phases(61, 16, 4, 3, 3)[0]) == 10  # runs of at least two seams
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_one_thread_per_core_gives_what_one_thread_gives(workers):
+    # 17 planes of references: runs of 4 or more, so that 4 workers run, with 3 seams between them
+    clean, noisy = noisy_phantom((52, 26, 23), 4)
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)  # two workers, each on its own planes of references
+        torch.set_num_threads(workers)  # each worker on its own planes of references
         shared = block_matched_wiener(noisy, clean, SIGMA)
         torch.set_num_threads(1)
         alone = block_matched_wiener(noisy, clean, SIGMA)
