@@ -451,8 +451,8 @@ def test_two_batches_on_one_folder_share_out_the_scans(tmp_path, tiny_weights):
     out, pipeline = tmp_path / "out", Slow(DenoisePipeline(weights=tiny_weights))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         summaries = list(pool.map(lambda _: denoise_batch(scans, out, pipeline=pipeline, bias_correction=False), range(2)))
-    assert sum(summary["denoised"] for summary in summaries) == 4  # each scan once
-    assert all(summary["claimed"] >= 1 and not summary["failed"] for summary in summaries)
+    assert sum(summary["denoised"] for summary in summaries) == 4, summaries  # each scan once
+    assert all(summary["claimed"] >= 1 and not summary["failed"] for summary in summaries), summaries
     assert sorted(p.name for p in out.iterdir()) == [scan.name for scan in scans]  # no claim left
 
 
