@@ -76,32 +76,42 @@ def block_matched_wiener(
     # candidates too), and a few voxels more at the end let the references, ``step`` apart,
     # cover every voxel, and a window fit along an axis thinner than it (a few slices).
     extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
+    corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
+    # The workers share out the reference planes along the first axis: another goes first where
+    # it gives more of them (a thick-slice volume's few slices, many cores).
+    threads = torch.get_num_threads() if noisy.device.type == "cpu" else 1
+    workers = [len(worker_phases(len(c), threads, block, step, radius)[0]) for c in corners]
+    first = max(range(3), key=lambda axis: (workers[axis], axis == 0))
+    order = [first, *(axis for axis in range(3) if axis != first)]
+    noisy, pilot = noisy.permute(order), pilot.permute(order)
+    extra, corners = [extra[axis] for axis in order], [corners[axis] for axis in order]
     pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
-    padded = (F.pad(volume[None, None], pad, mode="replicate")[0, 0]
+    padded = (F.pad(volume[None, None], pad, mode="replicate")[0, 0].contiguous()
               for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
     groups = _Groups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
     shape = groups.noisy.shape
-    corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
-    total, corner_weight = _filter_in_phases(groups, corners, progress)
+    total, corner_weight = _filter_in_phases(groups, corners, threads, progress)
     # Each full-size array is let go as soon as it has served (the padded copies, the weights):
     # on a 512³ volume each is half a gigabyte.
     del groups
     weight_sum = overlap_sums(corner_weight.reshape(shape), block, 1)[: shape[0], : shape[1], : shape[2]]
     del corner_weight
     inside = tuple(slice(radius, radius + n) for n in noisy.shape)
-    estimate = total.reshape(shape).div_(weight_sum)[inside].contiguous()
+    back = [order.index(axis) for axis in range(3)]
+    estimate = total.reshape(shape).div_(weight_sum)[inside].permute(back).contiguous()
     del total, weight_sum
     return rician_amplitude(estimate, sigma)
 
 
-def _filter_in_phases(groups: "_Groups", corners: list[torch.Tensor],
+def _filter_in_phases(groups: _Groups, corners: list[torch.Tensor], threads: int,
                       progress: Optional[Callable[[float], None]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The sums ``_Groups.filter`` adds into (flat: the estimates, the weights at the windows'
-    corners) over every reference window at ``corners`` (along D, H, W)."""
+    corners) over every reference window at ``corners`` (along D, H, W).
+
+    On a CPU one thread per core (``threads``), each on its own run of reference planes with
+    single-threaded operations (as the non-local means): the operations on a chunk are too small
+    to share well."""
     device = groups.noisy.device
-    # On a CPU one thread per core, each on its own run of reference planes with single-threaded
-    # operations (as the non-local means): the operations on a chunk are too small to share well.
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
     phases = worker_phases(len(corners[0]), threads, groups.block, groups.step, groups.radius)
     workers = len(phases[0])
     total = torch.zeros(groups.noisy.numel(), device=device)
