@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .inference import Cancelled, DeviceUnavailable
+from . import process_memory
+from .inference import Cancelled, DeviceUnavailable, resolve_device
 from .input_checks import can_correct_bias
 from .io import (
     Geometry,
@@ -33,6 +34,7 @@ from .io import (
 from .model import WeightsError
 from .noise import estimate_sigma_in_series
 from .pipeline import STAGE_NOISE, DenoisePipeline, DenoiseResult
+from .process_memory import shortage_note
 
 
 def denoise_file(
@@ -77,6 +79,9 @@ def denoise_file(
         series_seconds = time.perf_counter() - started_estimate
     geometry = Geometry.of(image)
     del series, image  # their voxels (a long series, a large volume) need not stay in memory while it is denoised
+    if reporter is not None and resolve_device(device).type != "cuda":  # the grouped step runs on the CPU beside MPS
+        if note := shortage_note(array.size, process_memory.available_bytes()):
+            reporter.line(f"note: {note}")
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, geometry.spacing, bias_correction=bias_correction, device=device,
                           sigma=sigma, progress=progress, preserve_detail=preserve_detail,

@@ -1,5 +1,6 @@
-"""Process-wide memory settings for the command and the Slicer worker (separate processes: never
-called inside Slicer's own)."""
+"""Memory: process-wide settings for the command and the Slicer worker (separate processes:
+``reuse_freed_memory`` is never called inside Slicer's own), and a warning where a volume needs
+more than the system has free."""
 
 from __future__ import annotations
 
@@ -31,3 +32,38 @@ def reuse_freed_memory() -> None:
     mallopt(M_MMAP_THRESHOLD, 32 << 20)
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
     mallopt(M_ARENA_MAX, 1)
+
+
+# Peak resident memory of `mridenoise denoise --no-n4` on 2 cores (`/usr/bin/time -v`): 1.43, 2.56
+# and 4.42 x 10⁹ bytes for 256³, 384³ and 512³ volumes (about 10⁹ bytes and 25.5 a voxel), 4.81 x
+# 10⁹ for 512³ through the network (BENCHMARKS.md, "Speed"); rounded up.
+BASE_BYTES = 1 << 30
+BYTES_PER_VOXEL = 30
+
+
+def available_bytes() -> int | None:
+    """The memory the system can give without swapping (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def shortage_note(voxels: int, available: int | None) -> str | None:
+    """A warning, before a long run, where denoising ``voxels`` on the CPU needs more memory than
+    is ``available``; None where it fits or nothing is known.
+
+    >>> shortage_note(512**3, available=2 * 10**9).split(":")[0]
+    'this volume (134.2 million voxels) needs about 5.1 GB of memory to denoise on the CPU, and 2.0 GB are free'
+    >>> shortage_note(512**3, available=None) is None
+    True
+    """
+    need = BASE_BYTES + BYTES_PER_VOXEL * voxels
+    if available is None or need <= available:
+        return None
+    return (f"this volume ({voxels / 1e6:.1f} million voxels) needs about {need / 1e9:.1f} GB of memory to denoise on "
+            f"the CPU, and {available / 1e9:.1f} GB are free: close other programs (or crop the volume) if it fails")

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
 
+from MRIDenoiseLib import process_memory
 from MRIDenoiseLib.batch import claim_scan, denoise_batch, held
 from MRIDenoiseLib.cli import Reporter, main
 from MRIDenoiseLib.io import InputError, is_stale, read_image, write_images
@@ -516,3 +517,16 @@ def test_a_held_claim_stays_fresh_while_the_work_goes_on_and_is_removed_after(tm
         assert time.time() - claim.stat().st_mtime < 60
         assert claim_scan(target) is None  # still this process's: not taken over
     assert not claim.exists()
+
+
+def test_a_volume_larger_than_the_free_memory_is_warned_of_before_it_is_denoised(tmp_path, monkeypatch, capsys):
+    scan = write_volume(tmp_path / "s.nii.gz", noisy_phantom(seed=1))  # 84,480 voxels: about 1.08 GB
+    monkeypatch.setattr(process_memory, "available_bytes", lambda: 10**9)
+    assert main(["denoise", str(scan), str(tmp_path / "out.nii.gz"), "--no-n4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warned = [number for number, line in enumerate(lines) if line.startswith("note: this volume (0.1 million voxels) "
+                                                                              "needs about 1.1 GB of memory")]
+    assert warned == [0] and (tmp_path / "out.nii.gz").exists()  # first, and the run goes on
+    monkeypatch.setattr(process_memory, "available_bytes", lambda: 2 * 10**9)
+    assert main(["denoise", str(scan), str(tmp_path / "again.nii.gz"), "--no-n4"]) == 0
+    assert "needs about" not in capsys.readouterr().out
