@@ -77,11 +77,11 @@ def block_matched_wiener(
     # cover every voxel, and a window fit along an axis thinner than it (a few slices).
     extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
     corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
-    # The workers share out the reference planes along the first axis: another goes first where
-    # it gives more of them (a thick-slice volume's few slices, many cores).
-    threads = torch.get_num_threads() if noisy.device.type == "cpu" else 1
-    workers = [len(worker_phases(len(c), threads, block, step, radius)[0]) for c in corners]
-    first = max(range(3), key=lambda axis: (workers[axis], axis == 0))
+    # The workers share out the reference planes along the first axis, so the axis with the most
+    # goes first (not a thick-slice volume's few slices); by the shape alone, so that the output
+    # does not depend on the number of cores (windows that tie, in replicated edges, are picked in
+    # another order along another axis).
+    first = max(range(3), key=lambda axis: (len(corners[axis]), axis == 0))
     order = [first, *(axis for axis in range(3) if axis != first)]
     noisy, pilot = noisy.permute(order), pilot.permute(order)
     extra, corners = [extra[axis] for axis in order], [corners[axis] for axis in order]
@@ -90,6 +90,7 @@ def block_matched_wiener(
               for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
     groups = _Groups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
     shape = groups.noisy.shape
+    threads = torch.get_num_threads() if noisy.device.type == "cpu" else 1
     total, corner_weight = _filter_in_phases(groups, corners, threads, progress)
     # Each full-size array is let go as soon as it has served (the padded copies, the weights):
     # on a 512³ volume each is half a gigabyte.

@@ -75,9 +75,9 @@ def test_the_grouped_step_filters_on_the_patch_means_guide_without_the_network(t
 
 
 def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights, monkeypatch):
-    # 13 planes of 16 x 15 reference windows (the 40 x 48 x 44 phantom, 3 voxels apart): a chunk
-    # a plane, however the workers share out the planes.
-    monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 16 * 15)
+    # 16 planes of 13 x 15 reference windows (the 40 x 48 x 44 phantom, its longest axis first,
+    # 3 voxels apart): a chunk a plane, however the workers share out the planes.
+    monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 13 * 15)
     noisy = add_rician_noise(phantom(), SIGMA, np.random.default_rng(4))
     pipeline = DenoisePipeline(weights=tiny_weights)
     for preserve_detail, first_share in ((False, PILOT_SHARE), (True, NETWORK_SHARE)):
@@ -85,7 +85,7 @@ def test_progress_runs_through_the_wiener_step_and_cancel_stops_it(tiny_weights,
         pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, thorough=True, preserve_detail=preserve_detail,
                      progress=lambda stage, fraction: reported.append(fraction) if stage == STAGE_DENOISE else None)
         assert reported == sorted(reported) and reported[-1] == 1.0
-        assert sum(first_share < fraction < 1.0 for fraction in reported) == 12
+        assert sum(first_share < fraction < 1.0 for fraction in reported) == 15
 
     def cancel_in_wiener_step():
         return bool(reported_now) and reported_now[-1] > PILOT_SHARE
