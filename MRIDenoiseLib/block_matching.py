@@ -155,19 +155,22 @@ def worker_phases(planes: int, threads: int, block: int, step: int, radius: int)
     """Runs of reference planes (first, end) for up to ``threads`` workers that add into one pair
     of sums, in phases: within a phase no two runs' windows share a plane.
 
-    The last planes of each run (its seam) have windows that reach the next run's, so they are
-    filtered in a second phase, after every run's others.
+    The last planes of each run but the last (its seam) have windows that reach the next run's,
+    so they are filtered in a second phase, after every run's others; the first phase's runs are
+    of one length, so that no worker waits long for the others.
 
     >>> worker_phases(20, 2, block=4, step=3, radius=2)
-    [[(0, 8), (10, 20)], [(8, 10)]]
+    [[(0, 9), (11, 20)], [(9, 11)]]
     """
     # A reference plane's windows reach 2 * radius + block planes from its corner: into the next
-    # run's when it is one of the last ``seam`` planes of its run.
+    # run's when it is one of the last ``seam`` planes of its run. A run must be at least a seam
+    # long besides its own seam, so that the seams on either side of it do not meet.
     seam = -(-(2 * radius + block) // step) - 1
-    workers = max(1, min(threads, planes // max(2 * seam, 1)))
-    bounds = [planes * index // workers for index in range(workers + 1)]
-    ends = [last - seam for last in bounds[1:-1]] + [bounds[-1]]
-    return [list(zip(bounds, ends)), list(zip(ends, bounds[1:]))[:-1]]
+    workers = max(1, min(threads, (planes + seam) // max(2 * seam, 1)))
+    first_phase = planes - (workers - 1) * seam
+    ends = [first_phase * (index + 1) // workers + index * seam for index in range(workers)]
+    starts = [0] + [end + seam for end in ends[:-1]]
+    return [list(zip(starts, ends)), [(end, end + seam) for end in ends[:-1]]]
 
 
 class _Groups:
