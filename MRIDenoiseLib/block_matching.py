@@ -207,8 +207,10 @@ class _Groups:
         to ``corner_weight`` (at the window's first corner); ``done`` hears how many references
         each chunk filtered. Returns early once ``stop`` is set."""
         device, sigma, radius = total.device, self.sigma, self.radius
-        per_plane = len(corners[1]) * len(corners[2])
-        planes = max(1, per_slab // per_plane)
+        # Slabs of about ``per_slab`` references, of one size: a slab of a plane or two would cost
+        # the distances of its 2 * radius + block planes of margin for little.
+        slabs = -(-len(corners[0]) * len(corners[1]) * len(corners[2]) // per_slab)
+        planes = max(1, -(-len(corners[0]) // max(slabs, 1)))
         for first in range(0, len(corners[0]), planes):
             slab = [corners[0][first:first + planes], corners[1], corners[2]]
             distance = _distances(self.expected, slab, self.offsets, self.block, self.step, radius)
