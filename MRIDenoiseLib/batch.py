@@ -34,7 +34,6 @@ from .io import (
 from .model import WeightsError
 from .noise import estimate_sigma_in_series
 from .pipeline import STAGE_NOISE, DenoisePipeline, DenoiseResult
-from .process_memory import shortage_note
 
 
 def denoise_file(
@@ -80,7 +79,7 @@ def denoise_file(
     geometry = Geometry.of(image)
     del series, image  # their voxels (a long series, a large volume) need not stay in memory while it is denoised
     if reporter is not None and resolve_device(device).type != "cuda":  # the grouped step runs on the CPU beside MPS
-        if note := shortage_note(array.size, process_memory.available_bytes()):
+        if note := process_memory.shortage_note(array.size, process_memory.available_bytes()):
             reporter.line(f"note: {note}")
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, geometry.spacing, bias_correction=bias_correction, device=device,
