@@ -1,5 +1,6 @@
-"""The grouped Wiener step (BM4D's second stage, matched on the network's output) that --thorough
-runs after the network; test_thorough.py runs it through the pipeline."""
+"""The grouped Wiener step (BM4D's second stage, matched on a pilot estimate): the pipeline's
+denoising step, on the patch-means pilot by default and on the network's output with
+--preserve-detail; test_thorough.py runs it through the pipeline."""
 
 import itertools
 
