@@ -34,8 +34,8 @@ def reuse_freed_memory() -> None:
     mallopt(M_ARENA_MAX, 1)
 
 
-# Peak resident memory of `mridenoise denoise --no-n4` on 2 cores (`/usr/bin/time -v`): 1.43 and
-# 2.56 x 10⁹ bytes for 256³ and 384³ volumes, 4.42 to 4.57 x 10⁹ for 512³ (about 10⁹ bytes and 26
+# Peak resident memory of `mridenoise denoise --no-n4` on 2 cores (`/usr/bin/time -v`): 1.36-1.43
+# and 2.52-2.56 x 10⁹ bytes for 256³ and 384³ volumes, 4.42 to 4.57 x 10⁹ for 512³ (about 10⁹ bytes and 26
 # a voxel), 4.81 x 10⁹ for 512³ through the network (BENCHMARKS.md, "Speed"); rounded up.
 BASE_BYTES = 1 << 30
 BYTES_PER_VOXEL = 30
