@@ -61,6 +61,9 @@ def process_group(device: str = "auto") -> Iterator[None]:
         dist.init_process_group("gloo")
     try:
         yield
+        # A rank that tears its connections down while another still uses them can make gloo's
+        # worker thread abort the other rank ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
