@@ -170,7 +170,8 @@ def worker_phases(planes: int, threads: int, block: int, step: int, radius: int)
     first_phase = planes - (workers - 1) * seam
     ends = [first_phase * (index + 1) // workers + index * seam for index in range(workers)]
     starts = [0] + [end + seam for end in ends[:-1]]
-    return [list(zip(starts, ends)), [(end, end + seam) for end in ends[:-1]]]
+    seams = [(end, end + seam) for end in ends[:-1]] if seam else []  # windows that do not overlap need none
+    return [list(zip(starts, ends)), seams]
 
 
 class _Groups:

@@ -66,9 +66,10 @@ def test_workers_in_a_phase_never_add_into_the_same_plane(threads, block, step, 
         phases = block_matching.worker_phases(planes, threads, block, step, radius)
         runs = sorted(run for phase in phases for run in phase)
         assert [plane for first, end in runs for plane in range(first, end)] == list(range(planes))
+        assert all(end > first for first, end in runs)  # no worker started for nothing
         assert 1 <= len(phases[0]) <= threads
         for phase in phases:  # the padded planes each run's windows lie in, [corner, last corner + reach)
-            spans = sorted((first * step, (end - 1) * step + 2 * radius + block) for first, end in phase if end > first)
+            spans = sorted((first * step, (end - 1) * step + 2 * radius + block) for first, end in phase)
             assert all(stop <= start for (_, stop), (start, _) in itertools.pairwise(spans))
     assert len(block_matching.worker_phases(61, 16, 4, 3, 3)[0]) == 10  # runs of at least two seams
 
