@@ -66,10 +66,8 @@ def denoise_file(
     if save_bias is not None and not can_correct_bias(image.GetSize()):
         raise InputError(f"{input_path}: too small for N4 ({' x '.join(map(str, image.GetSize()))}), so there is no "
                          "bias field to save: drop --save-bias")
-    pipeline = pipeline or DenoisePipeline(weights=weights)
-    load_seconds_before = pipeline.load_seconds  # in a batch the model is loaded for the first scan only
-    if weights is not None:  # a weights file named is checked in every mode, also where the network does not run
-        _ = pipeline.network
+    load_seconds_before = pipeline.load_seconds if pipeline else 0.0  # in a batch the first scan loads the model
+    pipeline = pipeline or DenoisePipeline.checked(weights)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     sigma_note, series_seconds = None, 0.0
     if sigma is None and series.GetDimension() == 4:
@@ -206,9 +204,7 @@ def denoise_batch(inputs: list[Path], output_dir: Path | str, pipeline: DenoiseP
     if removed and reporter is not None:
         reporter.line(f"removed {len(removed)} temporary file(s) that a stopped run left in {output_dir}")
     weights = options.pop("weights", None)
-    pipeline = pipeline or DenoisePipeline(weights=weights)
-    if weights is not None:  # damaged weights would fail every scan: checked before the first
-        _ = pipeline.network
+    pipeline = pipeline or DenoisePipeline.checked(weights)  # damaged weights would fail every scan
     summary = {"denoised": 0, "skipped": 0, "claimed": 0, "failed": []}
     for number, scan in enumerate(inputs, start=1):
         target = output_dir / output_name(scan)

@@ -113,6 +113,16 @@ class DenoisePipeline:
             self.load_seconds = time.perf_counter() - started
         return self._network
 
+    @classmethod
+    def checked(cls, weights: Path | str | None = None, load: bool = False) -> "DenoisePipeline":
+        """A pipeline whose network is loaded (and checksummed) now where a weights file is named,
+        so that a damaged one fails before any work, in every mode (also where the network would
+        not run); or where ``load``: the mode runs it."""
+        pipeline = cls(weights=weights)
+        if load or weights is not None:
+            _ = pipeline.network
+        return pipeline
+
     def run(
         self,
         volume: np.ndarray,

@@ -98,11 +98,7 @@ def run(args: argparse.Namespace, reporter: ProtocolReporter) -> dict:
     from .pipeline import DenoisePipeline
 
     device = resolve_device_name(args.device)
-    pipeline = DenoisePipeline(weights=args.weights)
-    # Load (and checksum) the network now, while preparing, where the mode runs it or a weights
-    # file is named (checked in every mode, as the command does).
-    if args.preserve_detail or args.weights is not None:
-        _ = pipeline.network
+    pipeline = DenoisePipeline.checked(args.weights, load=args.preserve_detail)  # while preparing
     reporter.progress(STAGE_PREPARING, 1.0)
     result = denoise_file(
         args.input, args.output, bias_correction=not args.no_n4, device=device,

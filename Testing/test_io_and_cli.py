@@ -18,8 +18,8 @@ import SimpleITK as sitk
 
 from conftest import phantom, textured_series, write_volume
 
-from MRIDenoiseLib import process_memory
-from MRIDenoiseLib.batch import claim_scan, denoise_batch, held
+from MRIDenoiseLib import model, process_memory
+from MRIDenoiseLib.batch import claim_scan, denoise_batch, denoise_file, held
 from MRIDenoiseLib.cli import Reporter, main
 from MRIDenoiseLib.io import InputError, is_stale, read_image, write_images
 from MRIDenoiseLib.noise import add_rician_noise
@@ -432,6 +432,17 @@ def test_a_batch_counts_the_model_load_once(tmp_path, tiny_weights, capsys):
     assert pipeline.load_seconds > 0
     times = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time:")]
     assert f"model load {pipeline.load_seconds:.2f} s" in times[0] and "model load 0.00 s" in times[1]
+
+
+def test_a_named_weights_file_is_loaded_before_the_scan_and_its_load_timed(tmp_path, tiny_weights, capsys,
+                                                                           monkeypatch):
+    loaded = model.load_network
+    monkeypatch.setattr(model, "load_network", lambda path: (time.sleep(0.05), loaded(path))[1])
+    source = write_volume(tmp_path / "in.nii.gz", noisy_phantom())
+    denoise_file(source, tmp_path / "out.nii.gz", weights=tiny_weights, reporter=Reporter(quiet=False),
+                 bias_correction=False)  # the default mode: the network does not run, the named file is checked
+    times = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("time:"))
+    assert float(times.split("model load ")[1].split(" s")[0]) >= 0.05, times
 
 
 class Overlapping:
