@@ -118,9 +118,23 @@ class Stop(Exception):
 def test_a_progress_that_raises_stops_every_worker(monkeypatch):
     monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 9)
     clean, noisy = noisy_phantom((40, 26, 23), 5)  # 14 planes of 9 x 8 references: 112 chunks
-    threads, shares, gathered = torch.get_num_threads(), [], []
-    gather = block_matching._Groups._gather
-    monkeypatch.setattr(block_matching._Groups, "_gather", lambda self, *args: gathered.append(1) or gather(self, *args))
+    threads, shares, gathered, stops = torch.get_num_threads(), [], [], []
+    gather, filter_run = block_matching._Groups._gather, block_matching._Groups.filter
+
+    def filter_and_keep_its_stop(self, *args):
+        stops.append(args[-1])
+        return filter_run(self, *args)
+
+    def gather_after_the_first_few_once_stopped(self, *args):
+        # However long a busy machine keeps the calling thread from the progress, the workers
+        # wait for the stop (at most a moment each, so that a worker that never stops fails fast).
+        gathered.append(1)
+        if len(gathered) > 4:
+            stops[0].wait(timeout=0.2)
+        return gather(self, *args)
+
+    monkeypatch.setattr(block_matching._Groups, "filter", filter_and_keep_its_stop)
+    monkeypatch.setattr(block_matching._Groups, "_gather", gather_after_the_first_few_once_stopped)
 
     def stop_at_the_second_chunk(share):
         shares.append(share)
