@@ -72,11 +72,7 @@ def block_matched_wiener(
     groups matched and gains taken on ``pilot`` (an amplitude estimate of the same shape).
     ``progress`` is told the share done after each chunk of reference windows, on the calling
     thread (and may raise to stop)."""
-    # A margin of ``radius`` lets every candidate window lie inside (replicated edges are
-    # candidates too), and a few voxels more at the end let the references, ``step`` apart,
-    # cover every voxel, and a window fit along an axis thinner than it (a few slices).
-    extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in noisy.shape]
-    corners = [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(noisy.shape, extra)]
+    extra, corners = reference_grid(noisy.shape, block, step)
     # The workers share out the reference planes along the first axis, so the axis with the most
     # goes first (not a thick-slice volume's few slices); by the shape alone, so that the output
     # does not depend on the number of cores (windows that tie, in replicated edges, are picked in
@@ -102,6 +98,22 @@ def block_matched_wiener(
     estimate = total.reshape(shape).div_(weight_sum)[inside].permute(back).contiguous()
     del total, weight_sum
     return rician_amplitude(estimate, sigma)
+
+
+def reference_grid(shape, block: int, step: int) -> tuple[list[int], list[torch.Tensor]]:
+    """(voxels added at the end of each axis, the reference windows' first corners along each).
+
+    The volume is padded by the search radius on every side, so that every candidate window lies
+    inside (replicated edges are candidates too), and by these voxels more at the end, so that
+    the references, ``step`` apart, cover every voxel, and a window fits along an axis thinner
+    than it (a few slices).
+
+    >>> extra, corners = reference_grid((12, 3, 10), block=4, step=3)
+    >>> extra, [c.tolist() for c in corners]
+    ([1, 1, 0], [[0, 3, 6, 9], [0], [0, 3, 6]])
+    """
+    extra = [max(block - n, 0) + (-(max(n, block) - block)) % step for n in shape]
+    return extra, [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(shape, extra)]
 
 
 def _filter_in_phases(groups: _Groups, corners: list[torch.Tensor], threads: int,

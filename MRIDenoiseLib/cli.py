@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
                          workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation,
-                         lesions=args.lesions)
+                         lesions=args.lesions, objective=args.objective)
     if init is not None:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patches-per-scan", type=int, default=4)
     train.add_argument("--workers", type=int, default=0, help="processes preparing batches ahead (0: in the training process)")
     train.add_argument("--loss", choices=["l1", "l2"], default="l1", help="in units of the noise sigma (l2: of its square)")
+    train.add_argument("--objective", choices=["network", "step"], default="network",
+                       help="what the loss and the validation score: the network's output, or the default's grouped "
+                            "step with the network's output as its pilot")
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
     train.add_argument("--lesions", action="store_true",
                        help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")

@@ -53,11 +53,14 @@ def dct_basis(length: int) -> torch.Tensor:
     >>> bool(torch.allclose(basis @ basis.T, torch.eye(4), atol=1e-6))
     True
     """
-    position = torch.arange(length, dtype=torch.float64)
-    frequency = position[:, None]
-    basis = torch.cos(math.pi * (2 * position[None, :] + 1) * frequency / (2 * length)) * math.sqrt(2 / length)
-    basis[0] /= math.sqrt(2)
-    return basis.float()
+    # Cached, so never an inference tensor (as one made under inference_mode would be), which
+    # training through the grouped step could not use.
+    with torch.inference_mode(False):
+        position = torch.arange(length, dtype=torch.float64)
+        frequency = position[:, None]
+        basis = torch.cos(math.pi * (2 * position[None, :] + 1) * frequency / (2 * length)) * math.sqrt(2 / length)
+        basis[0] /= math.sqrt(2)
+        return basis.float()
 
 
 # Voxels mapped at once by ``rician_mean`` and ``rician_amplitude``: their temporaries (a dozen

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -7,10 +8,14 @@ import torch
 
 from conftest import TINY_NETWORK, phantom, write_volume
 
+from MRIDenoiseLib.block_matching import block_matched_wiener
 from MRIDenoiseLib.cli import main
+from MRIDenoiseLib.dct_wiener import dct_basis, rician_amplitude, rician_mean
 from MRIDenoiseLib.model import WeightsError, checksum_path, load_network, sha256_of
+from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
 from MRIDenoiseLib.training.degradations import RandContrastRemapd, RandLesionsd, RandThickSlicesd
+from MRIDenoiseLib.training.grouped_step import OBJECTIVES, grouped_wiener_mean
 from MRIDenoiseLib.training.loop import (
     BEST_WEIGHTS,
     CHECKPOINT,
@@ -20,6 +25,7 @@ from MRIDenoiseLib.training.loop import (
     make_validation_cases,
     ranking,
     train,
+    validate,
 )
 from MRIDenoiseLib.training.real_noise import epi_pair, harm_ratio
 
@@ -245,3 +251,41 @@ def test_a_weights_file_that_is_not_one_is_refused_in_one_line(tmp_path):
     checksum_path(weights).write_text(f"{sha256_of(weights)}  notes.pt\n")
     with pytest.raises(WeightsError, match="not a weights file of this network"):
         load_network(weights)
+
+
+def test_the_trainable_grouped_step_is_the_librarys_and_its_gradient_improves_the_pilot():
+    sigma = 0.05
+    clean = torch.from_numpy(phantom((30, 24, 20), 0) / 100)  # the first axis holds the most references
+    noisy = torch.from_numpy(add_rician_noise(clean.numpy(), sigma, np.random.default_rng(0)))
+    pilot = (clean + 0.02 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    mean = grouped_wiener_mean(noisy, pilot, sigma)
+    library = block_matched_wiener(noisy, pilot.detach(), sigma, radius=2, matches=8)
+    assert (rician_amplitude(mean.detach(), sigma) - library).abs().max() < 1e-4 * library.max()
+    target = rician_mean(clean, sigma)
+    error = (mean - target).square().mean()
+    error.backward()
+    with torch.no_grad():  # a small move of the pilot against its gradient lowers the step's error
+        moved = pilot - 0.01 * pilot.grad / pilot.grad.abs().max()
+        assert (grouped_wiener_mean(noisy, moved, sigma) - target).square().mean() < 0.999 * error
+
+
+def test_a_basis_first_made_in_inference_mode_serves_training_too():
+    dct_basis.cache_clear()  # validation (in inference mode) may be the first to ask for it
+    with torch.inference_mode():
+        dct_basis(4)
+    assert not dct_basis(4).is_inference()
+
+
+def test_a_run_with_the_step_objective_trains_and_validates_through_the_step(tmp_path):
+    cases, runs = make_validation_cases(scans(1), 2), {}
+    for objective in OBJECTIVES:
+        events = []
+        network = train(replace(config(2), objective=objective), tmp_path / objective, scans(), cases, log=events.append)
+        runs[objective] = network, events
+    network, events = runs["step"]
+    validation = [event for event in events if event["event"] == "validation"][-1]
+    network.eval()
+    assert validate(network, cases, objective="step")["psnr_gain"] == pytest.approx(validation["psnr_gain"], abs=1e-6)
+    assert abs(validate(network, cases)["psnr_gain"] - validation["psnr_gain"]) > 0.01  # not the network's own
+    losses = {objective: [e["loss"] for e in events if e["event"] == "checkpoint"] for objective, (_, events) in runs.items()}
+    assert losses["step"] != losses["network"] and all(np.isfinite(losses["step"]))

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..inference import denoise_volume
 from ..input_checks import InputError
 from ..metrics import psnr
 from ..model import load_network, save_weights
 from ..network import DenoiserNet, NetworkConfig
 from . import distributed
 from .data import PatchSampler, TrainingScan, degradation, load_scans, split
+from .grouped_step import objective_output, through_grouped_step
 from .real_noise import RealPair, epi_pair, harm_ratio
 from .scan_cache import prepared_scans
 
@@ -59,6 +59,7 @@ class TrainConfig:
     validation_cases: int = 12
     workers: int = 0
     loss: str = "l1"
+    objective: str = "network"  # or "step": trained and judged as the grouped step's pilot (grouped_step)
     smoothing_augmentation: bool = True
     lesions: bool = False
     network: dict = field(
@@ -123,18 +124,19 @@ def make_validation_cases(scans: list[TrainingScan], count: int, seed: int = 123
 
 
 def validate(network: DenoiserNet, cases: list[dict], device: torch.device = torch.device("cpu"),
-             real_pair: RealPair | None = None) -> dict:
-    """Mean PSNR of the noisy input and of the result over the cases, and the gain between them;
-    with ``real_pair``, also its ``harm_ratio`` (below 1: the network helps on real noise)."""
+             real_pair: RealPair | None = None, objective: str = "network") -> dict:
+    """Mean PSNR of the noisy input and of the result (``grouped_step.objective_output``) over the
+    cases, and the gain between them; with ``real_pair``, also its ``harm_ratio`` (below 1: the
+    result is nearer the real pair's second volume than the raw first volume is)."""
     noisy, denoised = [], []
     for case in cases:
-        result = denoise_volume(case["image"], case["sigma"], network, device=device)
+        result = objective_output(network, case["image"], case["sigma"], device, objective)
         noisy.append(psnr(case["target"], case["image"], case["mask"]))
         denoised.append(psnr(case["target"], result, case["mask"]))
     metrics = {"psnr_noisy": float(np.mean(noisy)), "psnr_denoised": float(np.mean(denoised)),
                "psnr_gain": float(np.mean(denoised) - np.mean(noisy))}
     if real_pair is not None:
-        metrics["real_noise_ratio"] = harm_ratio(network, real_pair, device)
+        metrics["real_noise_ratio"] = harm_ratio(network, real_pair, device, objective)
     network.train()
     return metrics
 
@@ -148,10 +150,11 @@ def ranking(metrics: dict) -> Ranking:
     return metrics.get("real_noise_ratio", 0.0) < 1.0, metrics["psnr_gain"]
 
 
-def _validate_and_keep_best(network, cases, real_pair, device, best: Ranking, out_dir: Path, step: int, log) -> Ranking:
+def _validate_and_keep_best(network, cases, real_pair, device, best: Ranking, out_dir: Path, step: int, log,
+                            objective: str) -> Ranking:
     """Validate; when the weights rank above ``best``, save them as best.pt. Returns the new best."""
     network.eval()
-    metrics = validate(network, cases, device, real_pair)
+    metrics = validate(network, cases, device, real_pair, objective)
     if ranking(metrics) > best:
         best = ranking(metrics)
         save_weights(network, out_dir / BEST_WEIGHTS)
@@ -266,7 +269,8 @@ def train(
     # Only rank 0 validates (other ranks may have no cases): the others wait at a barrier.
     validating = bool(validation_cases) and rank == 0
     if start == 0 and validating:
-        best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, 0, log)
+        best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, 0, log,
+                                       config.objective)
     distributed.barrier()
     model = network
     if world_size > 1:
@@ -276,7 +280,10 @@ def train(
     losses, started = [], time.time()
     for step, batch in enumerate(batch_stream(batches, start, end, config.workers), start=start):
         noisy, clean, sigma, *weight = (tensor.to(device, non_blocking=True) for tensor in batch)
-        loss = LOSSES[config.loss](model(noisy, sigma), clean, sigma, *weight)
+        output = model(noisy, sigma)
+        if config.objective == "step":
+            output, clean = through_grouped_step(noisy, output, clean, sigma)
+        loss = LOSSES[config.loss](output, clean, sigma, *weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -285,7 +292,8 @@ def train(
         done = step + 1
         if done % config.validate_every == 0 or done == config.steps:
             if validating:
-                best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, done, log)
+                best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, done, log,
+                                               config.objective)
             distributed.barrier()
         if done % config.checkpoint_every == 0 or done == end:
             loss_mean = distributed.mean(float(np.mean(losses[-config.checkpoint_every:])), device)

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from ..inference import denoise_volume
 from ..mask import head_mask
 from ..noise import estimate_sigma
+from .grouped_step import objective_output
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ def epi_pair() -> RealPair:
     return RealPair(first, second, head_mask(first))
 
 
-def harm_ratio(network, pair: RealPair, device: torch.device | str = "cpu") -> float:
-    """Squared difference to the second volume in the head: denoised first volume over raw first volume."""
-    denoised = denoise_volume(pair.first, estimate_sigma(pair.first), network, device=device)
+def harm_ratio(network, pair: RealPair, device: torch.device | str = "cpu", objective: str = "network") -> float:
+    """Squared difference to the second volume in the head: denoised first volume over raw first
+    volume (denoised as ``objective`` asks, ``grouped_step.objective_output``)."""
+    denoised = objective_output(network, pair.first, estimate_sigma(pair.first), device, objective)
     raw = float(((pair.first - pair.second)[pair.mask] ** 2).mean())
     return float(((denoised - pair.second)[pair.mask] ** 2).mean()) / raw
