@@ -226,7 +226,7 @@ class _Groups:
         planes = max(1, -(-len(corners[0]) // max(slabs, 1)))
         for first in range(0, len(corners[0]), planes):
             slab = [corners[0][first:first + planes], corners[1], corners[2]]
-            distance = _distances(self.expected, slab, self.offsets, self.block, self.step, radius)
+            distance = window_distances(self.expected, slab, self.offsets, self.block, self.step, radius)
             distance[self.itself] = -1  # the reference heads its group even among ties (a flat background)
             nearest_in_slab = distance.flatten(1).topk(self.matches, dim=0, largest=False).indices.cpu()
             references_in_slab = torch.stack(torch.meshgrid(*slab, indexing="ij"), -1).reshape(-1, 3) + radius
@@ -287,7 +287,7 @@ def _strided_window_sums(volume: torch.Tensor, block: int, step: int, out: torch
         volume = summed
 
 
-def _distances(expected_padded: torch.Tensor, corners: list[torch.Tensor], offsets: torch.Tensor,
+def window_distances(expected_padded: torch.Tensor, corners: list[torch.Tensor], offsets: torch.Tensor,
                block: int, step: int, radius: int) -> torch.Tensor:
     """(offset, references along D, H, W): the squared difference in the pilot, summed over the
     window, between each reference window (``corners``, ``step`` apart) and the window

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..block_matching import STEP, _distances, reference_grid
+from ..block_matching import STEP, reference_grid, window_distances
 from ..dct_wiener import BLOCK, dct_basis, rician_mean
 from ..inference import denoise_volume
 from ..pipeline import DEFAULT_SEARCH, wiener_step
@@ -47,7 +47,7 @@ def grouped_wiener_mean(noisy: torch.Tensor, pilot: torch.Tensor, sigma: float, 
                               for volume in (noisy, rician_mean(pilot, sigma)))
     offsets = torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=3)))
     with torch.no_grad():
-        distance = _distances(expected.detach(), corners, offsets, BLOCK, STEP, radius)
+        distance = window_distances(expected.detach(), corners, offsets, BLOCK, STEP, radius)
         distance[(offsets == 0).all(dim=1)] = -1  # the reference heads its group
         nearest = distance.flatten(1).topk(min(matches, len(offsets)), dim=0, largest=False).indices.cpu()
     strides = torch.tensor(padded_noisy.stride())

@@ -1,6 +1,8 @@
 """The training loop: noisy/clean patch pairs, checkpoints that resume exactly, validation.
 
-The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``). Validation
+The loss is L1 in units of each patch's noise sigma (see ``noise_relative_l1``); with the "step"
+objective it is taken, and the validation scored, on the default grouped step's output with the
+network's output as its pilot (``grouped_step``). Validation
 denoises fixed degraded whole volumes and nibabel's real EPI pair (``real_noise``); best.pt holds
 the validated weights that rank highest (``ranking``): first those that do no harm on the real
 pair, then by validation gain.
