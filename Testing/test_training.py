@@ -11,6 +11,7 @@ from conftest import TINY_NETWORK, phantom, write_volume
 from MRIDenoiseLib.block_matching import block_matched_wiener
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.dct_wiener import dct_basis, rician_amplitude, rician_mean
+from MRIDenoiseLib.intensity import intensity_scale
 from MRIDenoiseLib.model import WeightsError, checksum_path, load_network, sha256_of
 from MRIDenoiseLib.noise import add_rician_noise
 from MRIDenoiseLib.training.data import PatchSampler, Scan, degradation, is_validation, split
@@ -20,10 +21,12 @@ from MRIDenoiseLib.training.loop import (
     BEST_WEIGHTS,
     CHECKPOINT,
     LOSSES,
+    SHARP_NOISE,
     TrainConfig,
     batch_stream,
     make_validation_cases,
     ranking,
+    sharp_validation_cases,
     train,
     validate,
 )
@@ -188,6 +191,7 @@ def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
     assert code == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records][0] == "data"
+    assert all("psnr_gain_sharp" in r for r in records if r["event"] == "validation")  # the held-out scan as it is too
     assert any(r["event"] == "validation" for r in records)
     assert sha256_of(tiny_weights) == before
 
@@ -289,3 +293,17 @@ def test_a_run_with_the_step_objective_trains_and_validates_through_the_step(tmp
     assert abs(validate(network, cases)["psnr_gain"] - validation["psnr_gain"]) > 0.01  # not the network's own
     losses = {objective: [e["loss"] for e in events if e["event"] == "checkpoint"] for objective, (_, events) in runs.items()}
     assert losses["step"] != losses["network"] and all(np.isfinite(losses["step"]))
+
+
+def test_sharp_validation_cases_are_the_scans_with_noise_alone_and_scored_apart(tiny_weights):
+    held_out = scans(3)
+    sharp = sharp_validation_cases(held_out)
+    for case, scan, level in zip(sharp, held_out, SHARP_NOISE):
+        clean = scan.volume[0]
+        assert case["sharp"] and case["image"].shape == clean.shape
+        assert np.allclose(case["target"] / case["target"].max(), clean / clean.max(), atol=1e-6)  # nothing but a scale
+        assert case["sigma"] / intensity_scale(case["target"]) == pytest.approx(level, rel=1e-5)
+    network = load_network(tiny_weights)
+    both = validate(network, make_validation_cases(held_out, 2) + sharp)
+    assert both["psnr_gain_sharp"] == pytest.approx(validate(network, sharp)["psnr_gain"], abs=1e-9)
+    assert "psnr_gain_sharp" not in validate(network, make_validation_cases(held_out, 2))
