@@ -81,10 +81,8 @@ def block_matched_wiener(
     order = [first, *(axis for axis in range(3) if axis != first)]
     noisy, pilot = noisy.permute(order), pilot.permute(order)
     extra, corners = [extra[axis] for axis in order], [corners[axis] for axis in order]
-    pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
-    padded = (F.pad(volume[None, None], pad, mode="replicate")[0, 0].contiguous()
-              for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
-    groups = _Groups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
+    padded = (replicate_padded(volume, extra, radius) for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
+    groups = WindowGroups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
     shape = groups.noisy.shape
     threads = torch.get_num_threads() if noisy.device.type == "cpu" else 1
     total, corner_weight = _filter_in_phases(groups, corners, threads, progress)
@@ -116,9 +114,16 @@ def reference_grid(shape, block: int, step: int) -> tuple[list[int], list[torch.
     return extra, [torch.arange(0, n + n_extra - block + 1, step) for n, n_extra in zip(shape, extra)]
 
 
-def _filter_in_phases(groups: _Groups, corners: list[torch.Tensor], threads: int,
+def replicate_padded(volume: torch.Tensor, extra: list[int], radius: int) -> torch.Tensor:
+    """``volume`` with its edges replicated ``radius`` voxels out on every side and ``extra``
+    (``reference_grid``) more at the end of each axis."""
+    pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
+    return F.pad(volume[None, None], pad, mode="replicate")[0, 0].contiguous()
+
+
+def _filter_in_phases(groups: WindowGroups, corners: list[torch.Tensor], threads: int,
                       progress: Optional[Callable[[float], None]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sums ``_Groups.filter`` adds into (flat: the estimates, the weights at the windows'
+    """The sums ``WindowGroups.filter`` adds into (flat: the estimates, the weights at the windows'
     corners) over every reference window at ``corners`` (along D, H, W).
 
     On a CPU one thread per core (``threads``), each on its own run of reference planes with
@@ -186,7 +191,7 @@ def worker_phases(planes: int, threads: int, block: int, step: int, radius: int)
     return [list(zip(starts, ends)), seams]
 
 
-class _Groups:
+class WindowGroups:
     """Groups of windows of ``noisy`` (padded by ``radius``) matched on ``expected`` (the pilot
     through the Rician mean, padded alike), filtered and added to running sums."""
 
@@ -206,8 +211,15 @@ class _Groups:
         self.window_transform = torch.kron(torch.kron(dct_basis(block), dct_basis(block)), dct_basis(block)).to(device)
         self.group_transform = dct_basis(matches).to(device)
 
-    def _transform(self, windows):  # (window in group, reference, voxel) -> their coefficients
+    def transform(self, windows):  # (window in group, reference, voxel) -> their coefficients
         return torch.einsum("kj,jrc->krc", self.group_transform, windows @ self.window_transform.T)
+
+    def nearest(self, corners: list[torch.Tensor]) -> torch.Tensor:
+        """(match, reference): each reference window's group at ``corners`` (along D, H, W), as
+        indices into ``offsets``, nearest first, the reference itself heading it."""
+        distance = window_distances(self.expected, corners, self.offsets, self.block, self.step, self.radius)
+        distance[self.itself] = -1  # the reference heads its group even among ties (a flat background)
+        return distance.flatten(1).topk(self.matches, dim=0, largest=False).indices.cpu()
 
     def _gather(self, rows, window_corners):
         """The windows at ``window_corners`` (flat indices into ``rows``) from ``_rows``."""
@@ -226,9 +238,7 @@ class _Groups:
         planes = max(1, -(-len(corners[0]) // max(slabs, 1)))
         for first in range(0, len(corners[0]), planes):
             slab = [corners[0][first:first + planes], corners[1], corners[2]]
-            distance = window_distances(self.expected, slab, self.offsets, self.block, self.step, radius)
-            distance[self.itself] = -1  # the reference heads its group even among ties (a flat background)
-            nearest_in_slab = distance.flatten(1).topk(self.matches, dim=0, largest=False).indices.cpu()
+            nearest_in_slab = self.nearest(slab)
             references_in_slab = torch.stack(torch.meshgrid(*slab, indexing="ij"), -1).reshape(-1, 3) + radius
             # The planes this slab's windows lie in, as rows (a copy: only the slab's, so that a
             # large volume needs no rows of all of it).
@@ -240,8 +250,8 @@ class _Groups:
                     return
                 nearest = self.offsets[nearest_in_slab[:, start:start + chunk]]
                 window_corners = ((references_in_slab[None, start:start + chunk] + nearest) @ self.strides).to(device)
-                coefficients = self._transform(self._gather(noisy_rows, window_corners - slab_start))
-                gain = self._transform(self._gather(expected_rows, window_corners - slab_start)).square_()
+                coefficients = self.transform(self._gather(noisy_rows, window_corners - slab_start))
+                gain = self.transform(self._gather(expected_rows, window_corners - slab_start)).square_()
                 gain = gain.div_(gain + sigma * sigma)
                 weight = gain.square().sum(dim=(0, 2)).clamp_(min=1e-3).reciprocal_()
                 estimate = torch.einsum("kj,krc->jrc", self.group_transform, coefficients.mul_(gain)) @ self.window_transform
@@ -288,7 +298,7 @@ def _strided_window_sums(volume: torch.Tensor, block: int, step: int, out: torch
 
 
 def window_distances(expected_padded: torch.Tensor, corners: list[torch.Tensor], offsets: torch.Tensor,
-               block: int, step: int, radius: int) -> torch.Tensor:
+                     block: int, step: int, radius: int) -> torch.Tensor:
     """(offset, references along D, H, W): the squared difference in the pilot, summed over the
     window, between each reference window (``corners``, ``step`` apart) and the window
     ``offset`` away."""

@@ -94,8 +94,8 @@ def test_a_volume_of_few_slices_is_shared_out_along_its_longest_axis(monkeypatch
     # 3 planes of references along the first axis (one worker there), 13 along the second
     clean, noisy = noisy_phantom((9, 40, 26), 3)
     runs = []
-    filter_run = block_matching._Groups.filter
-    monkeypatch.setattr(block_matching._Groups, "filter", lambda self, corners, *args: runs.append(len(corners[0])) or
+    filter_run = block_matching.WindowGroups.filter
+    monkeypatch.setattr(block_matching.WindowGroups, "filter", lambda self, corners, *args: runs.append(len(corners[0])) or
                         filter_run(self, corners, *args))
     threads = torch.get_num_threads()
     try:
@@ -119,7 +119,7 @@ def test_a_progress_that_raises_stops_every_worker(monkeypatch):
     monkeypatch.setattr(block_matching, "REFERENCES_PER_CHUNK", 9)
     clean, noisy = noisy_phantom((40, 26, 23), 5)  # 14 planes of 9 x 8 references: 112 chunks
     threads, shares, gathered, stops = torch.get_num_threads(), [], [], []
-    gather, filter_run = block_matching._Groups._gather, block_matching._Groups.filter
+    gather, filter_run = block_matching.WindowGroups._gather, block_matching.WindowGroups.filter
 
     def filter_and_keep_its_stop(self, *args):
         stops.append(args[-1])
@@ -133,8 +133,8 @@ def test_a_progress_that_raises_stops_every_worker(monkeypatch):
             stops[0].wait(timeout=0.2)
         return gather(self, *args)
 
-    monkeypatch.setattr(block_matching._Groups, "filter", filter_and_keep_its_stop)
-    monkeypatch.setattr(block_matching._Groups, "_gather", gather_after_the_first_few_once_stopped)
+    monkeypatch.setattr(block_matching.WindowGroups, "filter", filter_and_keep_its_stop)
+    monkeypatch.setattr(block_matching.WindowGroups, "_gather", gather_after_the_first_few_once_stopped)
 
     def stop_at_the_second_chunk(share):
         shares.append(share)

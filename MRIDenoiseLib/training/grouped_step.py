@@ -20,14 +20,11 @@ True
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..block_matching import STEP, reference_grid, window_distances
-from ..dct_wiener import BLOCK, dct_basis, rician_mean
+from ..block_matching import STEP, WindowGroups, reference_grid, replicate_padded
+from ..dct_wiener import BLOCK, rician_mean
 from ..inference import denoise_volume
 from ..pipeline import DEFAULT_SEARCH, wiener_step
 
@@ -42,34 +39,24 @@ def grouped_wiener_mean(noisy: torch.Tensor, pilot: torch.Tensor, sigma: float, 
     ``pilot``. The same where the patch's first axis holds the most reference windows (the library
     puts that axis first, and windows that tie are then matched in another order)."""
     extra, corners = reference_grid(noisy.shape, BLOCK, STEP)
-    pad = [v for n_extra in reversed(extra) for v in (radius, radius + n_extra)]
-    padded_noisy, expected = (F.pad(volume[None, None], pad, mode="replicate")[0, 0].contiguous()
-                              for volume in (noisy, rician_mean(pilot, sigma)))
-    offsets = torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=3)))
+    groups = WindowGroups(replicate_padded(noisy, extra, radius), replicate_padded(rician_mean(pilot, sigma), extra, radius),
+                          sigma, BLOCK, STEP, radius, min(matches, (2 * radius + 1) ** 3))
     with torch.no_grad():
-        distance = window_distances(expected.detach(), corners, offsets, BLOCK, STEP, radius)
-        distance[(offsets == 0).all(dim=1)] = -1  # the reference heads its group
-        nearest = distance.flatten(1).topk(min(matches, len(offsets)), dim=0, largest=False).indices.cpu()
-    strides = torch.tensor(padded_noisy.stride())
+        nearest = groups.nearest(corners)
     references = torch.stack(torch.meshgrid(*corners, indexing="ij"), -1).reshape(-1, 3) + radius
-    in_window = torch.stack(torch.meshgrid(*[torch.arange(BLOCK)] * 3, indexing="ij"), -1).reshape(-1, 3) @ strides
-    voxels = (((references[None] + offsets[nearest]) @ strides)[..., None] + in_window).to(noisy.device)
-    window_transform = torch.kron(torch.kron(dct_basis(BLOCK), dct_basis(BLOCK)), dct_basis(BLOCK)).to(noisy)
-    group_transform = dct_basis(len(nearest)).to(noisy)
-
-    def transform(windows: torch.Tensor) -> torch.Tensor:  # (window in group, reference, voxel)
-        return torch.einsum("kj,jrc->krc", group_transform, windows @ window_transform.T)
-
-    power = transform(expected.reshape(-1)[voxels]).square()
+    window_corners = (references[None] + groups.offsets[nearest]) @ groups.strides
+    voxels = window_corners.to(noisy.device)[..., None] + groups.in_window
+    power = groups.transform(groups.expected.reshape(-1)[voxels]).square()
     gain = power / (power + sigma * sigma)
     weight = 1 / gain.square().sum(dim=(0, 2)).clamp(min=1e-3)
-    estimate = torch.einsum("kj,krc->jrc", group_transform, transform(padded_noisy.reshape(-1)[voxels]) * gain)
-    per_voxel = weight.to(noisy)[None, :, None].expand(voxels.shape)  # each window, its group's weight
-    flat = voxels.reshape(-1)
-    total = padded_noisy.new_zeros(padded_noisy.numel()).index_add(0, flat, (estimate @ window_transform * per_voxel).reshape(-1))
-    weights = padded_noisy.new_zeros(padded_noisy.numel()).index_add(0, flat, per_voxel.reshape(-1))
+    coefficients = groups.transform(groups.noisy.reshape(-1)[voxels]) * gain
+    estimate = torch.einsum("kj,krc->jrc", groups.group_transform, coefficients) @ groups.window_transform
+    per_voxel = weight[None, :, None].expand(voxels.shape)  # each window, its group's weight
+    flat, size = voxels.reshape(-1), groups.noisy.numel()
+    total = noisy.new_zeros(size).index_add(0, flat, (estimate * per_voxel).reshape(-1))
+    weights = noisy.new_zeros(size).index_add(0, flat, per_voxel.reshape(-1))
     inside = tuple(slice(radius, radius + n) for n in noisy.shape)
-    return (total / weights).reshape(padded_noisy.shape)[inside]
+    return (total / weights).reshape(groups.noisy.shape)[inside]
 
 
 def through_grouped_step(noisy: torch.Tensor, pilot: torch.Tensor, clean: torch.Tensor,

@@ -121,9 +121,14 @@ def make_validation_cases(scans: list[TrainingScan], count: int, seed: int = 123
             if hasattr(transform, "set_random_state"):
                 transform.set_random_state(seed=seed + 100 * index + number)
             sample = transform(sample)
-        cases.append({"image": np.asarray(sample["image"])[0], "target": np.asarray(sample["target"])[0],
-                      "mask": np.asarray(sample["mask"])[0] > 0.5, "sigma": float(sample["sigma"])})
+        cases.append(_validation_case(sample))
     return cases
+
+
+def _validation_case(sample: dict, **marks) -> dict:
+    """A degraded whole-volume sample as arrays without their channel, and ``marks``."""
+    return {"image": np.asarray(sample["image"])[0], "target": np.asarray(sample["target"])[0],
+            "mask": np.asarray(sample["mask"])[0] > 0.5, "sigma": float(sample["sigma"]), **marks}
 
 
 # Noise levels of the sharp validation cases, a fraction of each scan's robust maximum: the
@@ -143,9 +148,7 @@ def sharp_validation_cases(scans: list[TrainingScan], seed: int = 4321) -> list[
         level = SHARP_NOISE[index % len(SHARP_NOISE)]
         noise = RandRicianNoised(sigma_range=(level, level))
         noise.set_random_state(seed=seed + index)
-        sample = NormaliseIntensityd()(noise(dict(scan.as_sample())))
-        cases.append({"image": np.asarray(sample["image"])[0], "target": np.asarray(sample["target"])[0],
-                      "mask": np.asarray(sample["mask"])[0] > 0.5, "sigma": float(sample["sigma"]), "sharp": True})
+        cases.append(_validation_case(NormaliseIntensityd()(noise(dict(scan.as_sample()))), sharp=True))
     return cases
 
 
