@@ -35,7 +35,7 @@ def reuse_freed_memory() -> None:
 
 
 # Peak resident memory of `mridenoise denoise --no-n4` on 2 cores (`/usr/bin/time -v`): 1.36-1.43
-# and 2.52-2.56 x 10⁹ bytes for 256³ and 384³ volumes, 4.42 to 4.57 x 10⁹ for 512³ (about 10⁹ bytes and 26
+# and 2.52-2.56 x 10⁹ bytes for 256³ and 384³ volumes, 4.41 to 4.57 x 10⁹ for 512³ (about 10⁹ bytes and 26
 # a voxel), 4.81 x 10⁹ for 512³ through the network (BENCHMARKS.md, "Speed"); rounded up.
 BASE_BYTES = 1 << 30
 BYTES_PER_VOXEL = 30
