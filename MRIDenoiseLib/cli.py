@@ -127,6 +127,8 @@ def _check_training_options(args: argparse.Namespace) -> None:
         raise InputError(f"--lr must be above 0, not {args.lr}")
     if args.workers < 0:
         raise InputError(f"--workers must be 0 or more, not {args.workers}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise InputError(f"--time-limit must be above 0 minutes, not {args.time_limit}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -138,6 +140,8 @@ def _train(args: argparse.Namespace) -> int:
     from .training import distributed
     from .training.loop import TrainConfig, train_from_folder
 
+    # Counted from the command's start: loading the scans takes part of a lent machine's time too.
+    deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
     _check_training_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
 
     with distributed.process_group(args.device):
         train_from_folder(args.data_dir, out, config, init_weights=init, log=log, device=args.device,
-                          scan_cache=args.scan_cache)
+                          scan_cache=args.scan_cache, deadline=deadline)
     return 0
 
 
@@ -244,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--warm-start", action="store_true", help="start from the bundled weights (or --init-weights)")
     train.add_argument("--init-weights", help="weights file to warm-start from")
+    train.add_argument("--time-limit", type=float, metavar="MINUTES",
+                       help="stop at the first step after this many minutes (validated and checkpointed there: "
+                            "the same command carries on)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--scan-cache", metavar="DIR",
                        help="prepare the scans once into DIR (uncompressed, about 6.5 MB per 2 mm scan) and memory-map them "

@@ -1,4 +1,5 @@
 import json
+import time
 from dataclasses import replace
 
 import nibabel as nib
@@ -60,6 +61,21 @@ def test_resumed_run_continues_exactly(tmp_path):
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_a_run_out_of_time_stops_validated_and_carries_on_exactly(tmp_path):
+    training = scans()
+    validation = make_validation_cases(scans(1), 2)
+    straight = train(config(6), tmp_path / "straight", training, validation, log=lambda record: None)
+    events = []
+    train(config(6), tmp_path / "timed", training, validation, deadline=time.monotonic(), log=events.append)
+    assert events[-1] == {"event": "time limit", "step": 1, "steps": 6}
+    assert [record["step"] for record in events if record["event"] == "validation"] == [0, 1]
+    assert torch.load(tmp_path / "timed" / CHECKPOINT, weights_only=False)["step"] == 1
+    resumed = train(config(6), tmp_path / "timed", training, validation, deadline=time.monotonic() + 3600,
+                    log=lambda record: None)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
 
 
 def test_best_weights_rank_doing_no_harm_on_real_noise_first(tmp_path):
@@ -209,6 +225,18 @@ def _train(data, run, tiny_weights, *options):
                  "--init-weights", str(tiny_weights), "--quiet", *map(str, options)])
 
 
+def test_the_train_command_stops_at_its_time_limit_and_the_same_command_carries_on(tmp_path, tiny_weights):
+    data, run = _training_folder(tmp_path), tmp_path / "run"
+    write_volume(data / "IXI010-HH-1_T1.nii.gz", phantom((36, 40, 32), 10))  # held out: validated
+    for _ in range(2):
+        assert _train(data, run, tiny_weights, "--steps", "3", "--time-limit", "1e-9") == 0
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in records if r["event"] in ("resumed", "time limit")] == [
+        ("time limit", 1), ("resumed", 1), ("time limit", 2)]
+    assert [r["step"] for r in records if r["event"] == "validation"] == [0, 1, 2]
+    assert (run / BEST_WEIGHTS).is_file()
+
+
 def test_a_few_broken_scans_are_skipped_and_recorded(tmp_path, tiny_weights):
     data = _training_folder(tmp_path)
     good = (data / "IXI001-HH-1_T1.nii.gz").read_bytes()
@@ -227,7 +255,8 @@ def test_a_few_broken_scans_are_skipped_and_recorded(tmp_path, tiny_weights):
     assert "a 3-D volume" in reasons["IXI005-HH-1_T1.nii.gz"]
 
 
-@pytest.mark.parametrize("option", [("--patch", 20), ("--steps", 0), ("--lr", -1), ("--workers", -1), ("--checkpoint-every", 0)])
+@pytest.mark.parametrize("option", [("--patch", 20), ("--steps", 0), ("--lr", -1), ("--workers", -1), ("--checkpoint-every", 0),
+                                    ("--time-limit", 0)])
 def test_options_that_cannot_make_a_run_are_refused_before_loading(tmp_path, tiny_weights, capsys, option):
     assert _train(tmp_path / "no data needed", tmp_path / "run", tiny_weights, *option) == 2
     error = capsys.readouterr().err.strip()

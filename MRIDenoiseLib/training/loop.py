@@ -256,6 +256,7 @@ def train(
     init_weights: Path | None = None,
     resume: bool = True,
     stop_after: int | None = None,
+    deadline: float | None = None,
     log: Callable[[dict], None] = print,
     device: str = "cpu",
     batches: Callable[[int], Batch] | None = None,
@@ -264,6 +265,9 @@ def train(
     """Train into ``out_dir``; resumes from its checkpoint when one is there and ``resume`` is set.
 
     ``stop_after`` ends the run early (as a killed job would) after that many steps in total.
+    ``deadline`` (a ``time.monotonic()`` time) ends it at the first step that finishes after it,
+    validated (best.pt kept if it is the best) and checkpointed there, so that the same command
+    carries on from it: for a machine lent for a fixed time.
     ``batches(step)`` gives this process's (noisy, clean, sigma) batch of a step; by default it is
     ``rank_batch`` of a ``PatchSampler`` over ``training_scans``. Under ``torchrun`` (see
     ``distributed.process_group``) this is one rank of a DistributedDataParallel run.
@@ -322,17 +326,23 @@ def train(
         scheduler.step()
         losses.append(loss.item())
         done = step + 1
-        if done % config.validate_every == 0 or done == config.steps:
+        # Every rank stops at the same step: a rank that went on would wait for the others for ever.
+        out_of_time = (deadline is not None and done < end
+                       and distributed.mean(float(time.monotonic() >= deadline), device) > 0)
+        if done % config.validate_every == 0 or done == config.steps or out_of_time:
             if validating:
                 best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, done, log,
                                                config.objective)
             distributed.barrier()
-        if done % config.checkpoint_every == 0 or done == end:
+        if done % config.checkpoint_every == 0 or done == end or out_of_time:
             loss_mean = distributed.mean(float(np.mean(losses[-config.checkpoint_every:])), device)
             if rank == 0:
                 _save_checkpoint(checkpoint, network, optimizer, scheduler, done, config, best)
             log({"event": "checkpoint", "step": done, "loss": loss_mean,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
+        if out_of_time:
+            log({"event": "time limit", "step": done, "steps": config.steps})
+            break
     # No rank may go on (and, say, resume from the checkpoint) before rank 0 has written it.
     distributed.barrier()
     return network.cpu()
@@ -360,7 +370,8 @@ def refuse_a_changed_run(saved: dict, asked: dict) -> None:
 
 
 def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainConfig, init_weights=None, log=print,
-                      device: str = "cpu", scan_cache: Path | str | None = None) -> DenoiserNet:
+                      device: str = "cpu", scan_cache: Path | str | None = None,
+                      deadline: float | None = None) -> DenoiserNet:
     """Load the fixed split of ``data_dir`` and train; the validation scans are never trained on.
 
     With ``scan_cache``, scans are prepared there once (the ranks of a torchrun job share the work)
@@ -402,4 +413,4 @@ def train_from_folder(data_dir: Path | str, out_dir: Path | str, config: TrainCo
         else:
             config_path.write_text(json.dumps(record, indent=1))
     return train(config, out_dir, scans, validation, init_weights=init_weights, log=log, device=device,
-                 real_pair=epi_pair() if validation else None)
+                 real_pair=epi_pair() if validation else None, deadline=deadline)
