@@ -55,7 +55,8 @@ def _cli_args(data: Path, run: Path, weights: Path) -> list[str]:
 
 
 def _ranks_main(data: Path, out: Path, weights: Path) -> None:
-    """One rank: the command for STEPS steps, then the library stopped after 2 steps and resumed."""
+    """One rank: the command for STEPS steps, then the library stopped after 2 steps and resumed,
+    then a run whose deadline has passed on rank 1 alone."""
     torch.set_num_threads(1)
     with distributed.process_group("cpu"):
         assert main(_cli_args(data, out / "command", weights)) == 0
@@ -68,6 +69,8 @@ def _ranks_main(data: Path, out: Path, weights: Path) -> None:
 
         for stop_after in (2, None):
             train(_config(), out / "resumed", scans, init_weights=weights, stop_after=stop_after, log=log)
+        deadline = time.monotonic() + (0 if distributed.rank() == 1 else 3600)
+        train(_config(), out / "timed", scans, init_weights=weights, deadline=deadline, log=log)
 
 
 def _launch_two_ranks(data: Path, out: Path, weights: Path) -> None:
@@ -132,7 +135,11 @@ def test_two_ranks_train_as_one_process_on_both_ranks_batches(tmp_path, tiny_wei
     assert [r["step"] for r in records if r["event"] == "validation"] == [0, 2, 4]
     assert load_network(tmp_path / "ranks/command/best.pt").config == TINY_NETWORK
     assert len(list((tmp_path / "ranks/scan_cache").glob("*.json"))) == 4  # three training scans, one validation
-    assert [r["event"] for r in _records(tmp_path / "ranks/resumed_log_rank0.jsonl")].count("resumed") == 1
+    rank_zero = _records(tmp_path / "ranks/resumed_log_rank0.jsonl")
+    assert [r["event"] for r in rank_zero].count("resumed") == 1
+    # Rank 0 had an hour left, and stopped at rank 1's step all the same.
+    assert rank_zero[-1] == {"event": "time limit", "step": 1, "steps": STEPS}
+    assert torch.load(tmp_path / "ranks/timed" / CHECKPOINT, weights_only=False)["step"] == 1
     assert not (tmp_path / "ranks/resumed_log_rank1.jsonl").exists()
 
 
