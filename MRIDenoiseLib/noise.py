@@ -31,6 +31,12 @@ MIN_BLOCK_SNR = 3.0
 # blocks the spread of pure-noise blocks is small enough that the 2nd percentile is still stable.
 BLOCK_PERCENTILE = 2
 MIN_BLOCKS = 20
+# The first, median-based estimate of a volume above this many voxels is taken over an even
+# sample (every k-th voxel along each axis; a 1 mm brain every other, a 512³ volume every
+# fourth): it only sets the tissue thresholds of the block estimate, which sees every voxel. On
+# the 48 volumes of the quality benchmark sigma moved by 3e-5 at most (one volume), while the
+# estimate of a 1 mm brain takes half the time and that of a 512³ volume about 8 s instead of 14.
+SAMPLED_ABOVE = 1 << 21
 
 
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -89,6 +95,18 @@ def _tissue_mad_sigma(level: np.ndarray, floor: float, deviations: Callable[[np.
     return sigma
 
 
+def even_sample(voxels: int, limit: int = SAMPLED_ABOVE) -> tuple[slice, slice, slice]:
+    """Every k-th voxel along each axis, k the least that leaves at most ``limit`` of ``voxels``.
+
+    >>> even_sample(120 * 120 * 120), even_sample(512 ** 3)[0]
+    ((slice(None, None, 1), slice(None, None, 1), slice(None, None, 1)), slice(None, None, 4))
+    """
+    step = 1
+    while voxels / step**3 > limit:
+        step += 1
+    return (slice(None, None, step),) * 3
+
+
 def estimate_sigma(image: np.ndarray) -> float:
     """Estimate the Rician sigma of a magnitude image, in the image's own units.
 
@@ -108,11 +126,13 @@ def estimate_sigma(image: np.ndarray) -> float:
     image = np.asarray(image, dtype=np.float32)
     detail = _haar_detail(image)
     smooth = ndimage.uniform_filter(image, size=3)[tuple(slice(0, n) for n in detail.shape)]
-    positive = smooth[smooth > 0]
+    every = even_sample(detail.size, SAMPLED_ABOVE)
+    sampled_smooth, sampled_detail = smooth[every], detail[every]
+    positive = sampled_smooth[sampled_smooth > 0]
     if positive.size == 0:
         return 0.0
     floor = float(np.percentile(positive, 25))
-    sigma = _tissue_mad_sigma(smooth, floor, lambda tissue: detail[tissue])
+    sigma = _tissue_mad_sigma(sampled_smooth, floor, lambda tissue: sampled_detail[tissue])
     if min(detail.shape) < BLOCK:
         return sigma
     energy = _blocks(detail**2, BLOCK)

@@ -3,6 +3,7 @@ import pytest
 
 from conftest import textured_series
 
+from MRIDenoiseLib import noise
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma, estimate_sigma_from_series, estimate_sigma_in_series
 
@@ -28,6 +29,15 @@ def test_sigma_within_20_percent_on_colin27(colin27, percent):
     sigma = percent / 100 * colin27.max()
     noisy = add_rician_noise(colin27, sigma, np.random.default_rng(percent))
     assert estimate_sigma(noisy) == pytest.approx(sigma, rel=0.2)
+
+
+@pytest.mark.parametrize("percent", [1, 9])
+def test_a_large_volume_s_first_estimate_from_an_even_sample_gives_every_voxel_s_sigma(mni_t1, percent, monkeypatch):
+    noisy = add_rician_noise(mni_t1, percent / 100 * mni_t1.max(), np.random.default_rng(percent))
+    assert noisy.size > 4 * noise.SAMPLED_ABOVE  # sampled every other voxel along each axis
+    sampled = estimate_sigma(noisy)
+    monkeypatch.setattr(noise, "SAMPLED_ABOVE", noisy.size)
+    assert sampled == pytest.approx(estimate_sigma(noisy), rel=1e-4)
 
 
 def test_sigma_of_thick_slices(mni_t1):
