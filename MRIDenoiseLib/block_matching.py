@@ -214,6 +214,15 @@ class WindowGroups:
     def transform(self, windows):  # (window in group, reference, voxel) -> their coefficients
         return torch.einsum("kj,jrc->krc", self.group_transform, windows @ self.window_transform.T)
 
+    def wiener(self, coefficients: torch.Tensor, pilot_coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each window's estimate, as ``coefficients``: window in group, reference, voxel; each
+        group's weight): every noisy coefficient kept in the share P² / (P² + σ²) of the pilot's
+        P, the group back to windows, weighed by BM3D's 1 / Σ gain²."""
+        power = pilot_coefficients.square()
+        gain = power / (power + self.sigma * self.sigma)
+        weight = gain.square().sum(dim=(0, 2)).clamp(min=1e-3).reciprocal()
+        return torch.einsum("kj,krc->jrc", self.group_transform, coefficients * gain) @ self.window_transform, weight
+
     def nearest(self, corners: list[torch.Tensor]) -> torch.Tensor:
         """(match, reference): each reference window's group at ``corners`` (along D, H, W), as
         indices into ``offsets``, nearest first, the reference itself heading it."""
@@ -231,7 +240,7 @@ class WindowGroups:
         window's estimate times its group's weight to ``total`` (flat, per voxel) and the weight
         to ``corner_weight`` (at the window's first corner); ``done`` hears how many references
         each chunk filtered. Returns early once ``stop`` is set."""
-        device, sigma, radius = total.device, self.sigma, self.radius
+        device, radius = total.device, self.radius
         # Slabs of about ``per_slab`` references, of one size: a slab of a plane or two would cost
         # the distances of its 2 * radius + block planes of margin for little.
         slabs = -(-len(corners[0]) * len(corners[1]) * len(corners[2]) // per_slab)
@@ -250,11 +259,8 @@ class WindowGroups:
                     return
                 nearest = self.offsets[nearest_in_slab[:, start:start + chunk]]
                 window_corners = ((references_in_slab[None, start:start + chunk] + nearest) @ self.strides).to(device)
-                coefficients = self.transform(self._gather(noisy_rows, window_corners - slab_start))
-                gain = self.transform(self._gather(expected_rows, window_corners - slab_start)).square_()
-                gain = gain.div_(gain + sigma * sigma)
-                weight = gain.square().sum(dim=(0, 2)).clamp_(min=1e-3).reciprocal_()
-                estimate = torch.einsum("kj,krc->jrc", self.group_transform, coefficients.mul_(gain)) @ self.window_transform
+                estimate, weight = self.wiener(self.transform(self._gather(noisy_rows, window_corners - slab_start)),
+                                               self.transform(self._gather(expected_rows, window_corners - slab_start)))
                 voxels = window_corners[..., None] + self.in_window
                 total.index_add_(0, voxels.reshape(-1), estimate.mul_(weight[:, None]).reshape(-1))
                 corner_weight.index_add_(0, window_corners.reshape(-1), weight.expand(len(nearest), -1).reshape(-1))

@@ -46,11 +46,8 @@ def grouped_wiener_mean(noisy: torch.Tensor, pilot: torch.Tensor, sigma: float, 
     references = torch.stack(torch.meshgrid(*corners, indexing="ij"), -1).reshape(-1, 3) + radius
     window_corners = (references[None] + groups.offsets[nearest]) @ groups.strides
     voxels = window_corners.to(noisy.device)[..., None] + groups.in_window
-    power = groups.transform(groups.expected.reshape(-1)[voxels]).square()
-    gain = power / (power + sigma * sigma)
-    weight = 1 / gain.square().sum(dim=(0, 2)).clamp(min=1e-3)
-    coefficients = groups.transform(groups.noisy.reshape(-1)[voxels]) * gain
-    estimate = torch.einsum("kj,krc->jrc", groups.group_transform, coefficients) @ groups.window_transform
+    estimate, weight = groups.wiener(groups.transform(groups.noisy.reshape(-1)[voxels]),
+                                     groups.transform(groups.expected.reshape(-1)[voxels]))
     per_voxel = weight[None, :, None].expand(voxels.shape)  # each window, its group's weight
     flat, size = voxels.reshape(-1), groups.noisy.numel()
     total = noisy.new_zeros(size).index_add(0, flat, (estimate * per_voxel).reshape(-1))
