@@ -76,7 +76,8 @@ def denoise_file(
         series_seconds = time.perf_counter() - started_estimate
     geometry = Geometry.of(image)
     del series, image  # their voxels (a long series, a large volume) need not stay in memory while it is denoised
-    if reporter is not None and resolve_device(device).type != "cuda":  # the grouped step runs on the CPU beside MPS
+    device = resolve_device(device)
+    if reporter is not None and device.type != "cuda":  # the grouped step runs on the CPU beside MPS
         if note := process_memory.shortage_note(array.size, process_memory.available_bytes()):
             reporter.line(f"note: {note}")
     progress = reporter.progress if reporter is not None else None

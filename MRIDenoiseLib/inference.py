@@ -40,12 +40,15 @@ class DeviceUnavailable(ValueError):
     """The device asked for does not exist on this machine."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked.
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked; a device
+    already resolved is returned as it is.
 
-    >>> resolve_device("cpu")
-    device(type='cpu')
+    >>> resolve_device("cpu"), resolve_device(torch.device("cpu"))
+    (device(type='cpu'), device(type='cpu'))
     """
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -193,7 +196,7 @@ def denoise_volume(
     GPU with memory enough for the whole volume in one window. A CUDA out-of-memory error is
     retried on the CPU, and ``on_fallback`` is told why. ``guide_detail``: see ``DenoiserNet.forward``.
     """
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)
     return retried_on_cpu(
         lambda where: _run_on_device(volume, sigma, network, where, window, overlap, progress, cancel, guide_detail),
         device, on_fallback, "GPU out of memory ({error}); running on the CPU")

@@ -128,7 +128,7 @@ class DenoisePipeline:
         volume: np.ndarray,
         spacing: tuple[float, float, float],
         bias_correction: bool = True,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         sigma: float | None = None,
         progress: Optional[StageProgress] = None,
         cancel: Optional[Callable[[], bool]] = None,

@@ -182,8 +182,8 @@ def ranking(metrics: dict) -> Ranking:
     return metrics.get("real_noise_ratio", 0.0) < 1.0, metrics["psnr_gain"]
 
 
-def _validate_and_keep_best(network, cases, real_pair, device, best: Ranking, out_dir: Path, step: int, log,
-                            objective: str) -> Ranking:
+def _validate_and_keep_best(network, cases, real_pair, device, out_dir: Path, log, objective: str, best: Ranking,
+                            step: int) -> Ranking:
     """Validate; when the weights rank above ``best``, save them as best.pt. Returns the new best."""
     network.eval()
     metrics = validate(network, cases, device, real_pair, objective)
@@ -304,9 +304,10 @@ def train(
         log({"event": "resumed", "step": start})
     # Only rank 0 validates (other ranks may have no cases): the others wait at a barrier.
     validating = bool(validation_cases) and rank == 0
+    keep_best = partial(_validate_and_keep_best, network, validation_cases, real_pair, device, out_dir, log,
+                        config.objective)
     if start == 0 and validating:
-        best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, 0, log,
-                                       config.objective)
+        best = keep_best(best, 0)
     distributed.barrier()
     model = network
     if world_size > 1:
@@ -331,8 +332,7 @@ def train(
                        and distributed.mean(float(time.monotonic() >= deadline), device) > 0)
         if done % config.validate_every == 0 or done == config.steps or out_of_time:
             if validating:
-                best = _validate_and_keep_best(network, validation_cases, real_pair, device, best, out_dir, done, log,
-                                               config.objective)
+                best = keep_best(best, done)
             distributed.barrier()
         if done % config.checkpoint_every == 0 or done == end or out_of_time:
             loss_mean = distributed.mean(float(np.mean(losses[-config.checkpoint_every:])), device)
