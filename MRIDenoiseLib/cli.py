@@ -152,7 +152,7 @@ def _train(args: argparse.Namespace) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          scans_per_step=args.scans_per_step, patches_per_scan=args.patches_per_scan,
                          workers=args.workers, loss=args.loss, smoothing_augmentation=not args.no_smoothing_augmentation,
-                         lesions=args.lesions, objective=args.objective)
+                         noise_only=args.noise_only, lesions=args.lesions, objective=args.objective)
     if init is not None:
         config.network = load_network(init).config.to_dict()
     if args.correction_in_guide:
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the loss and the validation score: the network's output, or the default's grouped "
                             "step with the network's output as its pilot")
     train.add_argument("--no-smoothing-augmentation", action="store_true", help="no random zoom or point-spread blur")
+    train.add_argument("--noise-only", action="store_true",
+                       help="the scans as they are, cropped, flipped and turned, with noise: no zoom, blur, contrast "
+                            "remap, bias field or thick slices")
     train.add_argument("--lesions", action="store_true",
                        help="insert small synthetic lesions into the training patches and weigh them 30x in the loss")
     train.add_argument("--correction-in-guide", action="store_true",

@@ -162,6 +162,21 @@ def test_smoothing_augmentations_can_be_left_out():
     assert smoothing_probabilities(degradation(16, 1, smoothing=False)) == [0.0, 0.0]
 
 
+def test_noise_only_patches_are_the_scans_as_they_are():
+    augmentations = ("RandZoomd", "RandGaussianSmoothd", "RandContrastRemapd", "RandBiasFieldd", "RandThickSlicesd")
+    chain = degradation(16, 1, noise_only=True)
+    assert [t.prob for t in chain.transforms if type(t).__name__ in augmentations] == [0.0] * 5
+    volume = np.zeros((1, 40, 40, 40), np.float32)
+    volume[0, 4:36, 4:36, 4:36] = 0.5
+    flat = [Scan(volume, volume > 0, (1.0, 1.0, 1.0))]
+
+    def levels(sampler):  # distinct clean values per patch: a flat cube on black stays two levels or one
+        return [len(np.unique(patch)) for step in range(6) for patch in sampler.batch(step)[1].numpy()]
+
+    assert max(levels(PatchSampler(flat, patch=16, seed=3, noise_only=True))) <= 2
+    assert max(levels(PatchSampler(flat, patch=16, seed=3))) > 2  # bias field, zoom, blur, thick slices
+
+
 def test_thick_slices_average_along_one_axis():
     volume = np.arange(2 * 3 * 10, dtype=np.float32).reshape(1, 2, 3, 10)
     transform = RandThickSlicesd(prob=1.0, thickness_mm=(5.0, 5.0))
@@ -203,8 +218,9 @@ def test_train_command_warm_starts_and_logs(tmp_path, tiny_weights):
         write_volume(data / f"IXI{index:03d}-HH-1_T1.nii.gz", phantom((36, 40, 32), index))
     before = sha256_of(tiny_weights)
     code = main(["train", str(data), str(tmp_path / "run"), "--steps", "2", "--patch", "16", "--validate-every", "2",
-                 "--checkpoint-every", "1", "--warm-start", "--init-weights", str(tiny_weights), "--quiet"])
+                 "--checkpoint-every", "1", "--warm-start", "--init-weights", str(tiny_weights), "--noise-only", "--quiet"])
     assert code == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["noise_only"] is True
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records][0] == "data"
     assert all("psnr_gain_sharp" in r for r in records if r["event"] == "validation")  # the held-out scan as it is too

@@ -135,14 +135,18 @@ def load_scans(paths: list[Path], skipped: Callable[[Path, str], None]) -> list[
     return scans
 
 
-def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False) -> Compose:
+def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesions: bool = False,
+                noise_only: bool = False) -> Compose:
     """The random chain from a clean scan to ``patches_per_scan`` (noisy, clean) patch pairs.
 
     ``smoothing=False`` leaves out the zoom and point-spread augmentations: anatomy only as sharp
-    as the scans themselves. ``lesions=True`` inserts synthetic lesions and adds the loss's
-    ``"weight"`` to each patch (``RandLesionsd``).
+    as the scans themselves. ``noise_only=True`` leaves out those and the contrast remap, the bias
+    field and the thick slices too: the scans as they are, cropped, flipped and turned, with
+    noise. ``lesions=True`` inserts synthetic lesions and adds the loss's ``"weight"`` to each
+    patch (``RandLesionsd``).
     """
-    smoothing_share = 1.0 if smoothing else 0.0
+    smoothing_share = 0.0 if noise_only or not smoothing else 1.0
+    scan_share = 0.0 if noise_only else 1.0
     spatial = ["target", "mask"]
     weighted = ["weight"] if lesions else []
     pair = ["image", "target", "mask", *weighted]
@@ -160,10 +164,10 @@ def degradation(patch: int, patches_per_scan: int, smoothing: bool = True, lesio
                                 sigma_x=(0.4, 1.2), sigma_y=(0.4, 1.2), sigma_z=(0.4, 1.2)),
             RandAxisFlipd(spatial, prob=0.5),
             RandRotate90d(spatial, prob=0.5, spatial_axes=(0, 1)),
-            RandContrastRemapd(["target"], prob=0.7),
+            RandContrastRemapd(["target"], prob=0.7 * scan_share),
             *([RandLesionsd(["target"])] if lesions else []),
-            RandBiasFieldd(["target"], prob=0.5, degree=3, coeff_range=(0.0, 0.1)),
-            RandThickSlicesd([*spatial, *weighted], prob=0.5),
+            RandBiasFieldd(["target"], prob=0.5 * scan_share, degree=3, coeff_range=(0.0, 0.1)),
+            RandThickSlicesd([*spatial, *weighted], prob=0.5 * scan_share),
             RandRicianNoised(["target"]),
             NormaliseIntensityd(),
             SpatialPadd(pair, spatial_size=(patch, patch, patch)),
@@ -196,11 +200,11 @@ class PatchSampler:
     """Batch number ``step`` is a pure function of ``(seed, step)``: resumed runs repeat it exactly."""
 
     def __init__(self, scans: list[TrainingScan], patch: int = 64, scans_per_step: int = 2, patches_per_scan: int = 2,
-                 seed: int = 0, smoothing: bool = True, lesions: bool = False):
+                 seed: int = 0, smoothing: bool = True, lesions: bool = False, noise_only: bool = False):
         if not scans:
             raise ValueError("no training scans")
         self.scans, self.seed, self.scans_per_step = scans, seed, scans_per_step
-        self.chain = degradation(patch, patches_per_scan, smoothing, lesions)
+        self.chain = degradation(patch, patches_per_scan, smoothing, lesions, noise_only)
         self.probabilities = sampling_probabilities(scans)
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:

@@ -64,6 +64,7 @@ class TrainConfig:
     loss: str = "l1"
     objective: str = "network"  # or "step": trained and judged as the grouped step's pilot (grouped_step)
     smoothing_augmentation: bool = True
+    noise_only: bool = False  # no augmentation but crops, flips, turns and the noise (degradation)
     lesions: bool = False
     network: dict = field(
         default_factory=lambda: NetworkConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to_dict())
@@ -286,7 +287,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, steps=config.steps))
     if batches is None:
         sampler = PatchSampler(training_scans, config.patch, config.scans_per_step, config.patches_per_scan, config.seed,
-                               config.smoothing_augmentation, config.lesions)
+                               config.smoothing_augmentation, config.lesions, config.noise_only)
         batches = partial(rank_batch, sampler, rank=rank, world_size=world_size)
     start, best = 0, (False, -float("inf"))
     checkpoint = out_dir / CHECKPOINT
