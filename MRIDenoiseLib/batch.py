@@ -50,6 +50,7 @@ def denoise_file(
     reporter=None,
     preserve_detail: bool = False,
     thorough: bool = False,
+    noise_map: bool = False,
 ) -> DenoiseResult:
     """Denoise one scan into ``output_path``; the input is only read, never written."""
     if save_bias is not None and not bias_correction:
@@ -83,7 +84,7 @@ def denoise_file(
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, geometry.spacing, bias_correction=bias_correction, device=device,
                           sigma=sigma, progress=progress, preserve_detail=preserve_detail,
-                          thorough=thorough)
+                          thorough=thorough, noise_map=noise_map)
     result.seconds[STAGE_NOISE] += series_seconds
     outputs = [(image_like(result.denoised, geometry), output_path)]
     if save_bias is not None:

@@ -72,7 +72,7 @@ def _denoise(args: argparse.Namespace) -> int:
     reporter = Reporter(args.quiet)
     options = dict(bias_correction=not args.no_n4, device=args.device, sigma=args.sigma,
                    volume=args.volume, weights=args.weights, preserve_detail=args.preserve_detail,
-                   thorough=args.thorough)
+                   thorough=args.thorough, noise_map=args.noise_map)
     inputs = batch_inputs(args.input)
     if inputs is None and args.shard:
         raise InputError("--shard splits a batch (a folder or a .txt list), not one scan")
@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="search wider for the groups of similar 4x4x4 windows the Wiener filter averages: a little "
                               "higher PSNR, on a CPU about 1.4 times the time; faint lesions keep more with --preserve-detail "
                               "too (see BENCHMARKS.md)")
+    denoise.add_argument("--noise-map", action="store_true",
+                         help="where the noise level varies across the image (parallel imaging, coil arrays), denoise "
+                              "against a smooth map of it estimated from the image; where it looks uniform one sigma "
+                              "is used, as without this option (see README.md)")
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")

@@ -107,8 +107,35 @@ def even_sample(voxels: int, limit: int = SAMPLED_ABOVE) -> tuple[slice, slice, 
     return (slice(None, None, step),) * 3
 
 
+@dataclass(frozen=True)
+class NoiseBlocks:
+    """The 6-cubed blocks (``BLOCK``) the estimate was refined on, in the image's voxel grid:
+    each one's RMS Haar detail, darkest and mean 3x3x3-smoothed intensity, and centre (voxels
+    from the volume's corner; ``shape``: the volume's)."""
+
+    rms: np.ndarray
+    darkest: np.ndarray
+    level: np.ndarray
+    centres: np.ndarray
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    sigma: float
+    blocks: NoiseBlocks | None  # None where the volume is thinner than a block
+
+
 def estimate_sigma(image: np.ndarray) -> float:
-    """Estimate the Rician sigma of a magnitude image, in the image's own units.
+    """Estimate the Rician sigma of a magnitude image, in the image's own units
+    (``estimate_noise``'s sigma).
+    """
+    return estimate_noise(image).sigma
+
+
+def estimate_noise(image: np.ndarray) -> NoiseEstimate:
+    """Estimate the Rician sigma of a magnitude image, in the image's own units, with the blocks
+    it was refined on (``noise_field`` fits a noise level that varies across the image to them).
 
     A first estimate is the MAD of the Haar detail over tissue (twice refined as the tissue mask
     tightens).
@@ -130,20 +157,23 @@ def estimate_sigma(image: np.ndarray) -> float:
     sampled_smooth, sampled_detail = smooth[every], detail[every]
     positive = sampled_smooth[sampled_smooth > 0]
     if positive.size == 0:
-        return 0.0
+        return NoiseEstimate(0.0, None)
     floor = float(np.percentile(positive, 25))
     sigma = _tissue_mad_sigma(sampled_smooth, floor, lambda tissue: sampled_detail[tissue])
     if min(detail.shape) < BLOCK:
-        return sigma
-    energy = _blocks(detail**2, BLOCK)
-    darkest = _blocks(smooth, BLOCK).min(axis=1)
+        return NoiseEstimate(sigma, None)
+    rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
+    smooth_blocks = _blocks(smooth, BLOCK)
+    darkest = smooth_blocks.min(axis=1)
     offset = _block_percentile_gain(BLOCK, BLOCK_PERCENTILE)
     for _ in range(3):
         tissue = darkest > max(MIN_BLOCK_SNR * sigma, floor)
         if tissue.sum() < MIN_BLOCKS:
             break
-        sigma = float(np.percentile(np.sqrt(energy[tissue].mean(axis=1)), BLOCK_PERCENTILE)) / offset
-    return sigma
+        sigma = float(np.percentile(rms[tissue], BLOCK_PERCENTILE)) / offset
+    counts = [n // BLOCK for n in detail.shape]
+    centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
+    return NoiseEstimate(sigma, NoiseBlocks(rms, darkest, smooth_blocks.mean(axis=1), centres, image.shape))
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

@@ -34,7 +34,8 @@ from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
 from .local_means import local_mean_kernel, restore_local_means
 from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
-from .noise import estimate_sigma
+from .noise import NoiseEstimate, estimate_noise, estimate_sigma
+from .noise_field import estimate_noise_field
 
 StageProgress = Callable[[str, float], None]
 
@@ -80,6 +81,30 @@ def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: tor
                                         radius=radius, matches=matches, progress=progress).cpu().numpy()
 
     return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
+
+
+def varying_noise(volume: np.ndarray, estimate: NoiseEstimate, noise_map: bool, notes: list[str]) -> np.ndarray | None:
+    """The relative noise field of ``volume`` (``noise_field``) where ``noise_map`` asks for it and
+    the noise varies, else None; ``notes`` hears what was found."""
+    magnitude = bool(volume.min() >= 0)
+    found = None
+    if estimate.blocks is not None and magnitude:
+        found = estimate_noise_field(estimate.blocks, estimate.sigma)
+    if found is None or not found.varies:
+        if noise_map and found is None:
+            notes.append("no noise map was used: " + ("too little of the image is tissue well above the noise to "
+                                                      "map it" if magnitude else "the image is not a magnitude image"))
+        elif noise_map:
+            notes.append("no noise map was used: the noise level looks uniform across the image (its 95th "
+                         f"percentile {found.spread:.2f} times its 5th in the tissue)")
+        return None
+    low, high = found.percentiles
+    level = f"from {low:.2f} to {high:.2f} times its median in the tissue (5th to 95th percentile)"
+    if not noise_map:
+        notes.append(f"the noise level seems to vary across the image, {level}: --noise-map may denoise it better")
+        return None
+    notes.append(f"denoised against a noise map: the noise level runs {level}")
+    return found.on_grid(volume.shape)
 
 
 @dataclass
@@ -134,6 +159,7 @@ class DenoisePipeline:
         cancel: Optional[Callable[[], bool]] = None,
         preserve_detail: bool = False,
         thorough: bool = False,
+        noise_map: bool = False,
     ) -> DenoiseResult:
         """Denoise (and, unless told not to, bias-correct) one 3-D volume.
 
@@ -145,6 +171,9 @@ class DenoisePipeline:
         keep more of their contrast, the output keeps a little noise. ``thorough`` searches wider
         for the groups (THOROUGH_SEARCH): a little higher PSNR for about twice the step's time. An
         image with negative voxels gets the network alone, with a note.
+        Where the noise level varies across the image (``noise_field``), ``noise_map`` denoises it
+        divided by the estimated field and multiplies the field back (``sigma`` is then the median
+        level in the tissue); without it a note says so.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -158,8 +187,14 @@ class DenoisePipeline:
         started = time.perf_counter()
         report(STAGE_NOISE, 0.0)
         scale = intensity_scale(volume)
+        relative_noise = None
+        if sigma is None or noise_map:
+            estimate = estimate_noise(volume)
+            relative_noise = varying_noise(volume, estimate, noise_map, notes)
+        uniform = volume if relative_noise is None else volume / relative_noise
         if sigma is None:
-            sigma = estimate_sigma(volume)
+            # Where a field is divided out, sigma is the level of the image so made uniform.
+            sigma = estimate.sigma if relative_noise is None else estimate_sigma(uniform)
             if not 0 < sigma < scale:
                 raise InputError(f"the noise level could not be estimated (sigma {sigma:g}): the image is too small, "
                                  "too flat or free of noise")
@@ -176,20 +211,22 @@ class DenoisePipeline:
         # The grouped step filters a magnitude image (through the Rician mean); other images get
         # the network's two stages alone. With --preserve-detail the network's output (its guide
         # not given back the lost local mean, which keeps faint lesions apart) is the pilot.
-        grouped = bool(volume.min() >= 0)
+        grouped = bool(uniform.min() >= 0)
+        fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
         if grouped and not preserve_detail:
             report(STAGE_DENOISE, 0.0)
-            denoised = pilot_step(volume, sigma, kernel, chosen, notes.append, scale)
+            denoised = pilot_step(uniform, sigma, kernel, chosen, fallbacks.append,
+                                  scale if relative_noise is None else None)
             first_share = PILOT_SHARE
         else:
             first_share = NETWORK_SHARE if grouped else 1.0
             denoised = denoise_volume(
-                volume, sigma, self.network, chosen,
+                uniform, sigma, self.network, chosen,
                 progress=lambda fraction: report(STAGE_DENOISE, first_share * fraction),
-                cancel=cancel, on_fallback=notes.append,
+                cancel=cancel, on_fallback=fallbacks.append,
                 guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, kernel),
             )
-        if notes:  # the GPU ran out of memory: the CPU finished the job
+        if fallbacks:
             chosen = resolve_device("cpu")
         if not grouped:
             notes.append("the grouped Wiener step (a filter of the magnitude) was skipped: the image has negative "
@@ -205,9 +242,12 @@ class DenoisePipeline:
                 check_cancel()
 
             search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
-            denoised = wiener_step(volume, denoised, sigma, on_device, search, wiener_progress, notes.append)
+            denoised = wiener_step(uniform, denoised, sigma, on_device, search, wiener_progress, fallbacks.append)
+        notes.extend(fallbacks)
         if preserve_detail:
-            denoised = restore_local_means(volume, denoised, sigma, tuple(reversed(spacing)))
+            denoised = restore_local_means(uniform, denoised, sigma, tuple(reversed(spacing)))
+        if relative_noise is not None:
+            denoised *= relative_noise
         if not np.isfinite(denoised).all():
             raise InputError("denoising gave non-finite voxels; nothing was written")
         seconds[STAGE_DENOISE] = time.perf_counter() - started
