@@ -49,6 +49,7 @@ class MRIDenoiseParameterNode:
     biasCorrection: bool = True
     preserveDetail: bool = False
     thorough: bool = False
+    noiseMap: bool = False
     device: Annotated[str, Choice(["Auto", "GPU", "CPU"])] = "Auto"
     createResidual: bool = False
     createBiasField: bool = False
@@ -157,7 +158,7 @@ class MRIDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 createBiasField=node.createBiasField, residualVolume=reused("residual", node.createResidual),
                 biasFieldVolume=reused("bias field", node.createBiasField),
                 waitForCompletion=False, eventCallback=self.onJobEvent, preserveDetail=node.preserveDetail,
-                thorough=node.thorough)
+                thorough=node.thorough, noiseMap=node.noiseMap)
         self._checkCanApply()
 
     def onJobEvent(self, event) -> None:

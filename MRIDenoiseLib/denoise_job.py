@@ -42,6 +42,7 @@ class DenoiseRequest:
     weights: Optional[str] = None
     preserveDetail: bool = False
     thorough: bool = False
+    noiseMap: bool = False
 
     def outputs(self) -> dict[str, Any]:
         """Result name -> node to reuse (or None: create), for the results asked for."""
@@ -145,6 +146,8 @@ class DenoiseJob:
             arguments.append("--preserve-detail")
         if request.thorough:
             arguments.append("--thorough")
+        if request.noiseMap:
+            arguments.append("--noise-map")
         if request.weights:
             arguments += ["--weights", request.weights]
         return [str(argument) for argument in arguments]

@@ -101,7 +101,8 @@ def varying_noise(volume: np.ndarray, estimate: NoiseEstimate, noise_map: bool, 
     low, high = found.percentiles
     level = f"from {low:.2f} to {high:.2f} times its median in the tissue (5th to 95th percentile)"
     if not noise_map:
-        notes.append(f"the noise level seems to vary across the image, {level}: --noise-map may denoise it better")
+        notes.append(f"the noise level seems to vary across the image, {level}: the noise map option "
+                     "(--noise-map) may denoise it better")
         return None
     notes.append(f"denoised against a noise map: the noise level runs {level}")
     return found.on_grid(volume.shape)

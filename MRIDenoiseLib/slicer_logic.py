@@ -72,7 +72,7 @@ class MRIDenoiseLogic:
 
     def createRequest(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
                       createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
-                      preserveDetail=False, thorough=False) -> DenoiseRequest:
+                      preserveDetail=False, thorough=False, noiseMap=False) -> DenoiseRequest:
         self.checkInput(inputVolume)
         if device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
@@ -94,12 +94,12 @@ class MRIDenoiseLogic:
                              "along every axis): untick the bias field output.")
         return DenoiseRequest(inputVolume, outputVolume, bool(biasCorrection), device, bool(createResidual),
                               bool(createBiasField), residualVolume, biasFieldVolume, self.weights, bool(preserveDetail),
-                              bool(thorough))
+                              bool(thorough), bool(noiseMap))
 
     def process(self, inputVolume, outputVolume=None, biasCorrection=True, device="auto",
                 createResidual=False, createBiasField=False, residualVolume=None, biasFieldVolume=None,
                 waitForCompletion=True, eventCallback: Optional[Callable[[DenoiseEvent], None]] = None,
-                preserveDetail=False, thorough=False):
+                preserveDetail=False, thorough=False, noiseMap=False):
         """Denoise ``inputVolume`` into ``outputVolume`` (None: a new node named after the input).
 
         Blocking by default: returns the output node, or raises RuntimeError with the one-line
@@ -108,7 +108,8 @@ class MRIDenoiseLogic:
         reports through ``eventCallback``; without a poller, call ``job.poll()`` or ``job.wait()``.
         """
         request = self.createRequest(inputVolume, outputVolume, biasCorrection, device, createResidual,
-                                     createBiasField, residualVolume, biasFieldVolume, preserveDetail, thorough)
+                                     createBiasField, residualVolume, biasFieldVolume, preserveDetail, thorough,
+                                     noiseMap)
         job = DenoiseJob(request, self.runner, eventCallback, self.temporaryRoot).start()
         if not waitForCompletion:
             if self.poller is not None:

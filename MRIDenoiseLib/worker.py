@@ -1,7 +1,8 @@
 """The process Slicer starts to denoise one volume: file in, protocol lines out, files back.
 
     python -m MRIDenoiseLib.worker INPUT OUTPUT [--residual PATH] [--bias-field PATH]
-                                   [--no-n4] [--preserve-detail] [--thorough] [--device auto|gpu|cuda|mps|cpu] [--weights PATH]
+                                   [--no-n4] [--preserve-detail] [--thorough] [--noise-map]
+                                   [--device auto|gpu|cuda|mps|cpu] [--weights PATH]
 
 Every stdout line is a :mod:`progress_protocol` message. Exit status: 0 done, 2 a problem the user
 can fix (bad input, missing weights, no such device; one ``Failed`` line says which), 1 anything
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
     parser.add_argument("--preserve-detail", action="store_true", help="give back each 3x3x3 neighbourhood's lost mean")
     parser.add_argument("--thorough", action="store_true", help="search wider for the groups of similar 4x4x4 windows")
+    parser.add_argument("--noise-map", action="store_true", help="denoise against a map of a noise level that varies")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--weights", help="weights file (default: the bundled ones)")
     return parser
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace, reporter: ProtocolReporter) -> dict:
     result = denoise_file(
         args.input, args.output, bias_correction=not args.no_n4, device=device,
         save_bias=args.bias_field, save_residual=args.residual, pipeline=pipeline, reporter=reporter,
-        preserve_detail=args.preserve_detail, thorough=args.thorough,
+        preserve_detail=args.preserve_detail, thorough=args.thorough, noise_map=args.noise_map,
     )
     return {"sigma": result.sigma, "sigma_percent": result.sigma_percent, "device": result.device,
             "seconds": {"model load": pipeline.load_seconds, **result.seconds}, "notes": list(result.notes)}

@@ -4,11 +4,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import phantom, write_volume
+from test_slicer_scene import SlicerLikeScene, slicer
 
 from MRIDenoiseLib.cli import main
 from MRIDenoiseLib.noise import add_rician_noise, estimate_noise
 from MRIDenoiseLib.noise_field import VARYING_SPREAD, estimate_noise_field
 from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.slicer_logic import MRIDenoiseLogic
+from MRIDenoiseLib.worker_process import InProcessRunner
 
 SHAPE = (96, 112, 96)
 SIGMA = 6.0
@@ -67,7 +70,7 @@ def test_the_noise_map_denoises_varying_noise_better_and_says_so():
         return float(np.mean((result.denoised[head] - clean[head]) ** 2))
 
     assert error(mapped) < 0.8 * error(one_sigma)
-    assert any("--noise-map may denoise it better" in note for note in one_sigma.notes)
+    assert any("the noise map option (--noise-map) may denoise it better" in note for note in one_sigma.notes)
     assert any(note.startswith("denoised against a noise map") for note in mapped.notes)
     np.testing.assert_allclose(mapped.residual, noisy - mapped.denoised)
     # sigma is the median level of the field divided out: the ramp's is SIGMA
@@ -110,3 +113,13 @@ def test_the_noise_map_says_why_it_was_not_used():
     notes = []
     assert varying_noise(noisy, estimate_noise(noisy), False, notes) is None
     assert len(notes) == 1 and notes[0].startswith("the noise level seems to vary across the image, from 0.")
+
+
+def test_the_slicer_logic_passes_noise_map_on(tmp_path):
+    _, noisy = noisy_phantom(ramp())
+    logic = MRIDenoiseLogic(runner=InProcessRunner(), temporaryRoot=str(tmp_path))
+    scene = SlicerLikeScene()  # held: the node's scene lives as long as it
+    node = scene.addVolume(noisy)
+    output = logic.process(node, biasCorrection=False, noiseMap=True)
+    expected = DenoisePipeline().run(noisy, node.GetSpacing(), bias_correction=False, noise_map=True).denoised
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, atol=1e-3 * SIGMA)
