@@ -164,7 +164,8 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
         return NoiseEstimate(sigma, None)
     rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
     smooth_blocks = _blocks(smooth, BLOCK)
-    darkest = smooth_blocks.min(axis=1)
+    darkest, level = smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1)
+    del smooth_blocks  # a copy of the volume
     offset = _block_percentile_gain(BLOCK, BLOCK_PERCENTILE)
     for _ in range(3):
         tissue = darkest > max(MIN_BLOCK_SNR * sigma, floor)
@@ -173,7 +174,7 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
         sigma = float(np.percentile(rms[tissue], BLOCK_PERCENTILE)) / offset
     counts = [n // BLOCK for n in detail.shape]
     centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
-    return NoiseEstimate(sigma, NoiseBlocks(rms, darkest, smooth_blocks.mean(axis=1), centres, image.shape))
+    return NoiseEstimate(sigma, NoiseBlocks(rms, darkest, level, centres, image.shape))
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

@@ -32,13 +32,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .noise import MIN_BLOCK_SNR, NoiseBlocks
+from .noise import NoiseBlocks
 
 DEGREE = 2
+# Blocks whose darkest 3x3x3 mean is this many sigma (the image's one estimate) above zero count
+# as tissue. Lower than the estimate's own 3 (``noise.MIN_BLOCK_SNR``): where the noise is high,
+# few blocks pass 3 times the lower level the estimate finds elsewhere (none of a 2 mm IXI T1 at
+# 9% noise), and the map needs them most there.
+FIELD_BLOCK_SNR = 1.5
 # The quantile of the blocks' log RMS detail taken for the noise (the rest is anatomy).
 QUANTILE = 0.1
-# Fewer tissue blocks than this give no field: a small or nearly empty volume, or one whose tissue
-# is not 3 sigma above the noise (IXI T1 at 9% noise); with fewer the fitted spread is noise.
+# Fewer tissue blocks than this give no field (a small or nearly empty volume, or one whose tissue
+# is hardly above the noise): with fewer the fitted spread is noise.
 MIN_BLOCKS = 400
 # The fit's rows are an even sample of at most this many blocks: a 1 mm brain has about 25,000.
 MAX_FIT_BLOCKS = 6000
@@ -110,8 +115,8 @@ def quantile_regression(design: np.ndarray, target: np.ndarray, quantile: float)
 
 def estimate_noise_field(blocks: NoiseBlocks, sigma: float) -> NoiseField | None:
     """The relative noise field of the image ``blocks`` were taken from (``noise.estimate_noise``),
-    fitted on its blocks of tissue above ``MIN_BLOCK_SNR`` x ``sigma``; None with too few."""
-    tissue = (blocks.darkest > MIN_BLOCK_SNR * sigma) & (blocks.rms > 0)
+    fitted on its blocks of tissue above ``FIELD_BLOCK_SNR`` x ``sigma``; None with too few."""
+    tissue = (blocks.darkest > FIELD_BLOCK_SNR * sigma) & (blocks.rms > 0)
     if tissue.sum() < MIN_BLOCKS:
         return None
     every = max(1, int(tissue.sum()) // MAX_FIT_BLOCKS)

@@ -41,8 +41,8 @@ def test_the_field_follows_a_noise_level_that_varies():
     found = field.on_grid(SHAPE)[head]
     assert field.varies and field.spread > 1.6
     assert np.corrcoef(found, ramp()[head])[0, 1] > 0.95
-    # relative to its median: the true ramp over its own median in the head
-    assert np.abs(np.log(found / (ramp()[head] / np.median(ramp()[head])))).mean() < 0.1
+    # the ramp's shape, to a constant (the pipeline measures the level of the image divided by it)
+    assert np.log(found / ramp()[head]).std() < 0.05
 
 
 def test_uniform_noise_gives_a_flat_field():
@@ -69,12 +69,13 @@ def test_the_noise_map_denoises_varying_noise_better_and_says_so():
     def error(result):
         return float(np.mean((result.denoised[head] - clean[head]) ** 2))
 
-    assert error(mapped) < 0.8 * error(one_sigma)
+    assert error(mapped) < 0.6 * error(one_sigma)
     assert any("the noise map option (--noise-map) may denoise it better" in note for note in one_sigma.notes)
     assert any(note.startswith("denoised against a noise map") for note in mapped.notes)
     np.testing.assert_allclose(mapped.residual, noisy - mapped.denoised)
-    # sigma is the median level of the field divided out: the ramp's is SIGMA
-    assert abs(mapped.sigma / SIGMA - 1) < 0.15
+    # sigma is the level of the image divided by the field: times the field, the true level
+    local = mapped.sigma * field_of(noisy).on_grid(SHAPE)[head] / (SIGMA * ramp()[head])
+    assert abs(np.median(local) - 1) < 0.1 and np.percentile(local, 95) / np.percentile(local, 5) < 1.3
 
 
 def test_the_noise_map_leaves_uniform_noise_to_one_sigma():

@@ -7,8 +7,11 @@ Part 1, varying noise: the quality benchmark's held-out cases (``quality.CaseMak
 noise whose sigma is a fixed multiple of the clean maximum times a g-factor-like field (highest
 in the middle of the volume, as parallel imaging makes it: 1.5 there, 0.6 at the edges), one
 seeded draw per case. PSNR inside the clean case's head mask (peak = the clean maximum) of the
-noisy input, of the default (one sigma estimated), of ``--noise-map``, and of the oracle: the
-default run on the volume divided by the true field with the true sigma, multiplied back. With
+noisy input, DIPY ``nlmeans(rician=True)`` (one sigma from its ``estimate_sigma``) and ANTs
+``denoise_image(noise_model="Rician")`` (which estimates the noise locally) as
+``benchmarks/quality.py`` runs them, the default (one sigma estimated), ``--noise-map``, and the
+oracle: the default run on the volume divided by the true field with the true sigma, multiplied
+back. ``--no-peers`` leaves DIPY and ANTs out (ANTs takes minutes on a 1 mm brain here). With
 the field's spread as estimated (95th over 5th percentile in the tissue; the map is used above
 ``noise_field.VARYING_SPREAD``).
 
@@ -23,7 +26,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from quality import CASES, Case, CaseMaker, case_noise
+from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
@@ -59,16 +62,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--uniform-only", action="store_true", help="part 2 alone")
+    parser.add_argument("--no-peers", action="store_true", help="leave DIPY and ANTs out of part 1")
     args = parser.parse_args()
     maker, pipeline = CaseMaker(args.data), DenoisePipeline()
     if not args.uniform_only:
-        varying(maker, pipeline)
+        varying(maker, pipeline, peers=not args.no_peers)
     uniform(maker, pipeline)
 
 
-def varying(maker: CaseMaker, pipeline: DenoisePipeline) -> None:
-    print("| case | noise (% of max, times the field) | spread found | noisy | one sigma | --noise-map | oracle |")
-    print("|---|---|---|---|---|---|---|")
+def varying(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
+    print("| case | noise (% of max, times the field) | spread found | noisy | DIPY nlmeans | ANTs DenoiseImage "
+          "| MRIDenoise, one sigma | --noise-map | oracle |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for case, percent in VARYING_CASES:
         clean, spacing, _, _ = maker.clean(case)
         mask, xyz = head_mask(clean), tuple(reversed(spacing))
@@ -79,9 +84,11 @@ def varying(maker: CaseMaker, pipeline: DenoisePipeline) -> None:
         one = pipeline.run(noisy, xyz, bias_correction=False).denoised
         mapped = pipeline.run(noisy, xyz, bias_correction=False, noise_map=True).denoised
         oracle = pipeline.run(noisy / field, xyz, bias_correction=False, sigma=sigma).denoised * field
-        cells = [psnr(clean, volume, mask) for volume in (noisy, one, mapped, oracle)]
-        print(f"| {case.name} | {percent}% | {spread_of(noisy)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |",
-              flush=True)
+        others = (run_dipy(noisy), run_ants(noisy, xyz)) if peers else ()
+        cells = [f"{psnr(clean, volume, mask):.2f}" for volume in (noisy, *others, one, mapped, oracle)]
+        if not peers:
+            cells[1:1] = ["-", "-"]
+        print(f"| {case.name} | {percent}% | {spread_of(noisy)} | " + " | ".join(cells) + " |", flush=True)
 
 
 
