@@ -64,7 +64,7 @@ def _blocks(volume: np.ndarray, size: int) -> np.ndarray:
     return shaped.transpose(0, 2, 4, 1, 3, 5).reshape(-1, size**3)
 
 
-def _block_percentile_gain(size: int, percentile: float) -> float:
+def block_percentile_gain(size: int, percentile: float) -> float:
     """Expected ratio of the given percentile of block RMS details to sigma, in pure white noise.
 
     Neighbouring Haar details share a voxel, so along each axis they correlate with -1/2; a block
@@ -166,7 +166,7 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     smooth_blocks = _blocks(smooth, BLOCK)
     darkest, level = smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1)
     del smooth_blocks  # a copy of the volume
-    offset = _block_percentile_gain(BLOCK, BLOCK_PERCENTILE)
+    offset = block_percentile_gain(BLOCK, BLOCK_PERCENTILE)
     for _ in range(3):
         tissue = darkest > max(MIN_BLOCK_SNR * sigma, floor)
         if tissue.sum() < MIN_BLOCKS:

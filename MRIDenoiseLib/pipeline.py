@@ -94,6 +94,9 @@ def varying_noise(volume: np.ndarray, estimate: NoiseEstimate, noise_map: bool, 
         if noise_map and found is None:
             notes.append("no noise map was used: " + ("too little of the image is tissue well above the noise to "
                                                       "map it" if magnitude else "the image is not a magnitude image"))
+        elif noise_map and found.follows_anatomy:
+            notes.append("no noise map was used: the image's finest detail is mostly anatomy, not noise (the noise "
+                         "is low against it), so a map of it would follow the anatomy")
         elif noise_map:
             notes.append("no noise map was used: the noise level looks uniform across the image (its 95th "
                          f"percentile {found.spread:.2f} times its 5th in the tissue)")

@@ -124,3 +124,20 @@ def test_the_slicer_logic_passes_noise_map_on(tmp_path):
     output = logic.process(node, biasCorrection=False, noiseMap=True)
     expected = DenoisePipeline().run(noisy, node.GetSpacing(), bias_correction=False, noise_map=True).denoised
     np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, atol=1e-3 * SIGMA)
+
+
+def test_a_field_that_follows_the_anatomy_is_not_used():
+    """Sharp-edged fine structure over low noise (a raw scan's): the blocks' detail is anatomy."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    clean = phantom(SHAPE)
+    folds = 10.0 * (ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5) > 0)
+    noisy = add_rician_noise(np.where(clean > 20, clean + folds, clean), 1.0, rng)
+    field = field_of(noisy)
+    assert field.follows_anatomy and not field.varies
+    pipeline = DenoisePipeline()
+    asked = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, noise_map=True)
+    assert asked.notes == ["no noise map was used: the image's finest detail is mostly anatomy, not noise (the noise "
+                           "is low against it), so a map of it would follow the anatomy"]
+    assert pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False).notes == []

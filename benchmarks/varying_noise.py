@@ -12,12 +12,16 @@ noisy input, DIPY ``nlmeans(rician=True)`` (one sigma from its ``estimate_sigma`
 ``benchmarks/quality.py`` runs them, the default (one sigma estimated), ``--noise-map``, and the
 oracle: the default run on the volume divided by the true field with the true sigma, multiplied
 back. ``--no-peers`` leaves DIPY and ANTs out (ANTs takes minutes on a 1 mm brain here). With
-the field's spread as estimated (95th over 5th percentile in the tissue; the map is used above
-``noise_field.VARYING_SPREAD``).
+the field as found: its spread (95th over 5th percentile in the tissue) and its residual excess
+(``noise_field``: 1 for blocks of pure noise, more where their detail is anatomy); the map is
+used where the spread is above ``VARYING_SPREAD`` and the excess at most ``MAX_RESIDUAL_EXCESS``.
 
-Part 2, uniform noise: the spread on every case of the quality benchmark with its own noise
-draws (3, 5 and 9%, uniform; the lesion and bias cases at 5%): where it passes ``VARYING_SPREAD`` the command would note that the
-noise seems to vary, and ``--noise-map`` would use a map.
+Part 2, uniform noise: the same on every case of the quality benchmark with its own noise draws
+(3, 5 and 9%, uniform; the lesion and bias cases at 5%): where the map would be used, the
+command would note that the noise seems to vary; with what ``--noise-map`` then gives.
+
+Part 3: the same on training scans as they are (real scans with their own noise only): where
+the noise is low against the anatomy, the fit follows the anatomy, and the excess says so.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
 from MRIDenoiseLib.noise import estimate_noise
-from MRIDenoiseLib.noise_field import VARYING_SPREAD, estimate_noise_field
+from MRIDenoiseLib.noise_field import MAX_RESIDUAL_EXCESS, VARYING_SPREAD, estimate_noise_field
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
 VARYING_CASES = [
@@ -39,6 +44,8 @@ VARYING_CASES = [
     (Case("IXI130", "T1"), 9), (Case("IXI080", "T2"), 5), (Case("Colin27", "T2", block=2), 5),
     (Case("Colin27", "PD", thick=True), 5), (Case("Colin27", "T1", thick=True), 9),
 ]
+
+RAW_IXI = 12  # of the IXI training scans, the first in name order
 
 
 def g_factor(shape, low: float = 0.6, high: float = 1.5) -> np.ndarray:
@@ -54,8 +61,13 @@ def field_of(volume: np.ndarray):
 
 
 def spread_of(volume: np.ndarray) -> str:
+    """The field's spread and its residual excess (``noise_field``), as a table cell."""
     field = field_of(volume)
-    return "no field" if field is None else f"{field.spread:.2f}"
+    return "no field" if field is None else describe(field)
+
+
+def describe(field) -> str:
+    return f"{field.spread:.2f} / {field.residual_excess:.1f}" + (" (anatomy)" if field.follows_anatomy else "")
 
 
 def main() -> None:
@@ -68,10 +80,21 @@ def main() -> None:
     if not args.uniform_only:
         varying(maker, pipeline, peers=not args.no_peers)
     uniform(maker, pipeline)
+    raw_scans(args.data)
+
+
+def raw_scans(data: Path) -> None:
+    print("\nThe training scans as they are (their own noise, no noise added): spread / excess found\n")
+    print("| scan | spread / excess |")
+    print("|---|---|")
+    scans = [*sorted((data / "train" / "t1_1mm").glob("*.nii*")), *sorted((data / "train" / "ixi_t1_2mm").glob("*.nii*"))[:RAW_IXI]]
+    for path in scans:
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+        print(f"| {path.name} | {spread_of(volume)} |", flush=True)
 
 
 def varying(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
-    print("| case | noise (% of max, times the field) | spread found | noisy | DIPY nlmeans | ANTs DenoiseImage "
+    print("| case | noise (% of max, times the field) | spread / excess found | noisy | DIPY nlmeans | ANTs DenoiseImage "
           "| MRIDenoise, one sigma | --noise-map | oracle |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case, percent in VARYING_CASES:
@@ -93,7 +116,8 @@ def varying(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
 
 
 def uniform(maker: CaseMaker, pipeline: DenoisePipeline) -> None:
-    print(f"\nUniform noise: the spread found (a map is used above {VARYING_SPREAD}), at 3 / 5 / 9%\n")
+    print(f"\nUniform noise: the spread / excess found (a map is used above a spread of {VARYING_SPREAD} where the "
+          f"excess is at most {MAX_RESIDUAL_EXCESS}), at 3 / 5 / 9%\n")
     print("| case | 3% | 5% | 9% |")
     print("|---|---|---|---|")
     mapped = []
@@ -103,7 +127,7 @@ def uniform(maker: CaseMaker, pipeline: DenoisePipeline) -> None:
         for percent in case.noise:
             noisy = case_noise(clean, percent)
             field = field_of(noisy)
-            spreads[percent] = "no field" if field is None else f"{field.spread:.2f}"
+            spreads[percent] = "no field" if field is None else describe(field)
             if field is not None and field.varies:
                 mapped.append((case, percent, clean, spacing, noisy))
         print(f"| {case.name} | " + " | ".join(spreads.get(p, "-") for p in (3, 5, 9)) + " |", flush=True)
