@@ -87,7 +87,8 @@ def raw_scans(data: Path) -> None:
     print("\nThe training scans as they are (their own noise, no noise added): spread / excess found\n")
     print("| scan | spread / excess |")
     print("|---|---|")
-    scans = [*sorted((data / "train" / "t1_1mm").glob("*.nii*")), *sorted((data / "train" / "ixi_t1_2mm").glob("*.nii*"))[:RAW_IXI]]
+    one_mm, ixi = (sorted((data / "train" / folder).glob("*.nii*")) for folder in ("t1_1mm", "ixi_t1_2mm"))
+    scans = [*one_mm, *ixi[:RAW_IXI]]
     for path in scans:
         volume = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
         print(f"| {path.name} | {spread_of(volume)} |", flush=True)
