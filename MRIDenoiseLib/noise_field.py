@@ -49,17 +49,17 @@ MIN_BLOCKS = 400
 MAX_FIT_BLOCKS = 6000
 IRLS_ITERATIONS = 30
 # The field's spread (its 95th over its 5th percentile in the tissue) above which the noise is
-# said to vary (``benchmarks/varying_noise.py``). With uniform noise it is 1.02 to 1.34 on the
-# quality benchmark's cases, but for IXI080 T2- and PD-like at 3 and 5% (1.44 to 2.68), whose
-# remap amplified the reference's own noise where the tissue is bright: their noise does vary.
-# With a g-factor-like field of 0.6 to 1.5 times the level it is 1.44 to 2.18.
+# said to vary (``benchmarks/varying_noise.py``): with uniform noise 1.02 to 1.39 on the quality
+# benchmark's cases where the fit follows the noise (below), with a g-factor-like field of 0.6 to
+# 1.5 times the level 1.44 to 1.81.
 VARYING_SPREAD = 1.4
 # Where the noise is low against the anatomy's fine detail (a raw scan of a few % noise or less),
 # the blocks' RMS detail is mostly anatomy and a fit to it follows the anatomy, not the noise.
 # Pure noise leaves the fit's residuals (log RMS) a median this far above their 10th percentile,
-# the spread of a block's RMS (0.108; 0.104-0.106 measured on Colin27 with 3-9% noise); anatomy
-# widens it: 0.30-0.49 on the raw T1 scans of ../shared/data, 0.40-0.60 on IXI080 PD-like at 3
-# and 5%, against at most 0.24 on the quality benchmark's cases with a g-factor-like field at 5-9%.
+# the spread of a block's RMS (0.108); the excess over it is 0.9 to 2.2 on the quality benchmark's
+# cases with uniform or g-factor-like noise, but for IXI080 T2-/PD-like at 3 and 5% (3.7 to 5.6:
+# their references' own noise, amplified by the remap where the tissue is bright), and 2.8 to
+# 4.5 on the raw T1 scans of ../shared/data.
 PURE_NOISE_RESIDUAL = float(np.log(block_percentile_gain(BLOCK, 50) / block_percentile_gain(BLOCK, 100 * QUANTILE)))
 MAX_RESIDUAL_EXCESS = 2.5
 
