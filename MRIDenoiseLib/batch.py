@@ -43,6 +43,7 @@ def denoise_file(
     device: str = "auto",
     save_bias: Path | str | None = None,
     save_residual: Path | str | None = None,
+    save_noise_map: Path | str | None = None,
     sigma: float | None = None,
     volume: int | None = None,
     weights: Path | str | None = None,
@@ -55,7 +56,7 @@ def denoise_file(
     """Denoise one scan into ``output_path``; the input is only read, never written."""
     if save_bias is not None and not bias_correction:
         raise InputError("--save-bias needs bias correction: drop --no-n4")
-    for extra in (output_path, save_bias, save_residual):
+    for extra in (output_path, save_bias, save_residual, save_noise_map):
         if extra is not None:
             refuse_same_path(input_path, extra)
             check_output_path(extra)
@@ -91,6 +92,8 @@ def denoise_file(
         outputs.append((image_like(result.bias_field, geometry), save_bias))
     if save_residual is not None:
         outputs.append((image_like(result.residual, geometry), save_residual))
+    if save_noise_map is not None:
+        outputs.append((image_like(result.noise_level(), geometry), save_noise_map))
     started_write = time.perf_counter()
     write_images(outputs)
     if reporter is not None:

@@ -78,10 +78,10 @@ def _denoise(args: argparse.Namespace) -> int:
         raise InputError("--shard splits a batch (a folder or a .txt list), not one scan")
     if inputs is None:
         denoise_file(args.input, args.output, save_bias=args.save_bias, save_residual=args.save_residual,
-                     reporter=reporter, **options)
+                     save_noise_map=args.save_noise_map, reporter=reporter, **options)
         return 0
-    if args.save_bias or args.save_residual:
-        raise InputError("--save-bias and --save-residual take one scan, not a batch")
+    if args.save_bias or args.save_residual or args.save_noise_map:
+        raise InputError("--save-bias, --save-residual and --save-noise-map take one scan, not a batch")
     if args.shard:
         inputs = shard(inputs, *args.shard)
     summary = denoise_batch(inputs, args.output, reporter=reporter, **options)
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     denoise.add_argument("--save-bias", metavar="FILE", help="also write the estimated bias field")
     denoise.add_argument("--save-residual", metavar="FILE", help="also write input minus denoised (the removed noise)")
+    denoise.add_argument("--save-noise-map", metavar="FILE",
+                         help="also write the noise sigma denoising assumed at each voxel (with --noise-map, the map)")
     denoise.add_argument("--sigma", type=float, help="noise sigma in the input's units (default: estimated)")
     denoise.add_argument("--volume", type=int, help="for a 4-D input, the index of the volume to denoise (its noise "
                          "sigma is then also estimated from the series' consecutive differences, and the lower used)")

@@ -123,6 +123,14 @@ class DenoiseResult:
     device: str
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # What the volume was divided by to make its noise uniform (``noise_map``); None: one sigma.
+    relative_noise: Optional[np.ndarray] = None
+
+    def noise_level(self) -> np.ndarray:
+        """The noise sigma denoising assumed at each voxel, in the input's units."""
+        if self.relative_noise is None:
+            return np.full(self.denoised.shape, self.sigma, dtype=np.float32)
+        return self.relative_noise * np.float32(self.sigma)
 
 
 class DenoisePipeline:
@@ -271,5 +279,5 @@ class DenoisePipeline:
         return DenoiseResult(
             denoised=denoised, residual=residual, bias_field=bias_field, sigma=float(sigma),
             sigma_percent=100.0 * float(sigma) / scale, device=chosen.type,
-            seconds=seconds, notes=notes,
+            seconds=seconds, notes=notes, relative_noise=relative_noise,
         )

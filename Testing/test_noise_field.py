@@ -89,14 +89,22 @@ def test_the_noise_map_leaves_uniform_noise_to_one_sigma():
     assert len(asked.notes) == 1 and asked.notes[0].startswith("no noise map was used: the noise level looks uniform")
 
 
-def test_the_command_takes_noise_map(tmp_path, capsys):
+def test_the_command_takes_noise_map_and_saves_the_noise_level(tmp_path, capsys):
     clean, noisy = noisy_phantom(ramp())
     source = write_volume(tmp_path / "in.nii.gz", noisy)
-    assert main(["denoise", str(source), str(tmp_path / "out.nii.gz"), "--no-n4", "--noise-map"]) == 0
+    assert main(["denoise", str(source), str(tmp_path / "out.nii.gz"), "--no-n4", "--noise-map",
+                 "--save-noise-map", str(tmp_path / "level.nii.gz")]) == 0
     assert "denoised against a noise map" in capsys.readouterr().out
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))
     head = clean > 50
     assert np.mean((written[head] - clean[head]) ** 2) < 0.8 * np.mean((noisy[head] - clean[head]) ** 2)
+    level = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "level.nii.gz")))[head] / (SIGMA * ramp()[head])
+    assert abs(np.median(level) - 1) < 0.1 and np.percentile(level, 95) / np.percentile(level, 5) < 1.3
+    # without a map, the one sigma everywhere
+    assert main(["denoise", str(source), str(tmp_path / "plain.nii.gz"), "--no-n4", "--quiet",
+                 "--save-noise-map", str(tmp_path / "one.nii.gz")]) == 0
+    one = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one.nii.gz")))
+    assert one.min() == one.max() and 4.0 < one.min() < 7.0
 
 
 def test_the_noise_map_says_why_it_was_not_used():
