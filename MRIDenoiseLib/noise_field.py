@@ -10,7 +10,10 @@ Haar detail of 6-cubed blocks of tissue. Anatomy only ever adds to a block's det
 log of the local sigma is fitted as a low quantile of the blocks' log RMS (quantile regression
 on a quadratic polynomial of the position), with a cubic in the blocks' log intensity beside it
 to take up texture that goes with the tissue's brightness rather than with the place (the noise
-of a magnitude image does not depend on the signal, well above sigma).
+of a magnitude image does not depend on the signal, well above sigma). Where the noise is low
+against the anatomy's fine detail, the blocks' detail is anatomy and the fit follows it; the
+fit's residuals then spread wider than a block's RMS does in pure noise, and the field is not used
+(``NoiseField.follows_anatomy``).
 
 >>> import numpy as np
 >>> from MRIDenoiseLib.noise import estimate_noise
@@ -91,11 +94,14 @@ class NoiseField:
         return self.spread > VARYING_SPREAD and not self.follows_anatomy
 
     def on_grid(self, shape: tuple[int, int, int]) -> np.ndarray:
-        """The field at every voxel of a volume of ``shape`` (float32)."""
-        axes = [(np.arange(n, dtype=np.float64) + 0.5 - c) / c for n, c in zip(shape, self.centre)]
-        grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-        log = sum(b * term for b, term in zip(self.coefficients, _terms(grids)))
-        return np.exp(np.clip(log, *self.log_range)).astype(np.float32) * np.ones(shape, np.float32)
+        """The field at every voxel of a volume of ``shape`` (float32; the only array of that size
+        made: each term of the quadratic spans two axes at most)."""
+        axes = [(np.arange(n, dtype=np.float32) + 0.5 - c) / c for n, c in zip(shape, self.centre)]
+        log = np.zeros(shape, np.float32)
+        for coefficient, term in zip(self.coefficients, _terms(np.meshgrid(*axes, indexing="ij", sparse=True))):
+            log += np.float32(coefficient) * term
+        np.clip(log, *self.log_range, out=log)
+        return np.exp(log, out=log)
 
 
 def _terms(axes) -> list:
