@@ -80,7 +80,7 @@ def denoise_file(
     del series, image  # their voxels (a long series, a large volume) need not stay in memory while it is denoised
     device = resolve_device(device)
     if reporter is not None and device.type != "cuda":  # the grouped step runs on the CPU beside MPS
-        if note := process_memory.shortage_note(array.size, process_memory.available_bytes()):
+        if note := process_memory.shortage_note(array.size, process_memory.available_bytes(), noise_map):
             reporter.line(f"note: {note}")
     progress = reporter.progress if reporter is not None else None
     result = pipeline.run(array, geometry.spacing, bias_correction=bias_correction, device=device,

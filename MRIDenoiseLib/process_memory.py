@@ -39,6 +39,9 @@ def reuse_freed_memory() -> None:
 # a voxel), 4.81 x 10⁹ for 512³ through the network (BENCHMARKS.md, "Speed"); rounded up.
 BASE_BYTES = 1 << 30
 BYTES_PER_VOXEL = 30
+# --noise-map holds the map and the volume divided by it (float32 each): 5.41 x 10⁹ bytes at 512³
+# where the noise varies, against 4.37 x 10⁹ without it.
+NOISE_MAP_BYTES_PER_VOXEL = 8
 
 
 def available_bytes() -> int | None:
@@ -53,16 +56,18 @@ def available_bytes() -> int | None:
     return None
 
 
-def shortage_note(voxels: int, available: int | None) -> str | None:
-    """A warning, before a long run, where denoising ``voxels`` on the CPU needs more memory than
-    is ``available``; None where it fits or nothing is known.
+def shortage_note(voxels: int, available: int | None, noise_map: bool = False) -> str | None:
+    """A warning, before a long run, where denoising ``voxels`` on the CPU (with ``noise_map``:
+    ``--noise-map``) needs more memory than is ``available``; None where it fits or nothing is known.
 
     >>> shortage_note(512**3, available=2 * 10**9).split(":")[0]
     'this volume (134.2 million voxels) needs about 5.1 GB of memory to denoise on the CPU, and 2.0 GB are free'
+    >>> shortage_note(512**3, available=5.5 * 10**9) is None, shortage_note(512**3, 5.5 * 10**9, noise_map=True)[:60]
+    (True, 'this volume (134.2 million voxels) needs about 6.2 GB of mem')
     >>> shortage_note(512**3, available=None) is None
     True
     """
-    need = BASE_BYTES + BYTES_PER_VOXEL * voxels
+    need = BASE_BYTES + (BYTES_PER_VOXEL + (NOISE_MAP_BYTES_PER_VOXEL if noise_map else 0)) * voxels
     if available is None or need <= available:
         return None
     return (f"this volume ({voxels / 1e6:.1f} million voxels) needs about {need / 1e9:.1f} GB of memory to denoise on "
