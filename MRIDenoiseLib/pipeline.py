@@ -83,10 +83,10 @@ def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: tor
     return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
 
 
-def varying_noise(volume: np.ndarray, estimate: NoiseEstimate, noise_map: bool, notes: list[str]) -> np.ndarray | None:
-    """The relative noise field of ``volume`` (``noise_field``) where ``noise_map`` asks for it and
-    the noise varies, else None; ``notes`` hears what was found."""
-    magnitude = bool(volume.min() >= 0)
+def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, noise_map: bool,
+                  notes: list[str]) -> np.ndarray | None:
+    """The relative noise field of ``volume`` (``noise_field``; only of a ``magnitude`` image) where
+    ``noise_map`` asks for it and the noise varies, else None; ``notes`` hears what was found."""
     found = None
     if estimate.blocks is not None and magnitude:
         found = estimate_noise_field(estimate.blocks, estimate.sigma)
@@ -184,8 +184,8 @@ class DenoisePipeline:
         for the groups (THOROUGH_SEARCH): a little higher PSNR for about twice the step's time. An
         image with negative voxels gets the network alone, with a note.
         Where the noise level varies across the image (``noise_field``), ``noise_map`` denoises it
-        divided by the estimated field and multiplies the field back (``sigma`` is then the median
-        level in the tissue); without it a note says so.
+        divided by the estimated field and multiplies the field back (``sigma`` is then the level of
+        the image so divided); without it a note says so.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -199,10 +199,13 @@ class DenoisePipeline:
         started = time.perf_counter()
         report(STAGE_NOISE, 0.0)
         scale = intensity_scale(volume)
+        # The grouped step filters a magnitude image (through the Rician mean), and only a magnitude
+        # image's noise is mapped; other images get the network's two stages alone.
+        grouped = bool(volume.min() >= 0)
         relative_noise = None
         if sigma is None or noise_map:
             estimate = estimate_noise(volume)
-            relative_noise = varying_noise(volume, estimate, noise_map, notes)
+            relative_noise = varying_noise(volume, grouped, estimate, noise_map, notes)
         uniform = volume if relative_noise is None else volume / relative_noise
         if sigma is None:
             # Where a field is divided out, sigma is the level of the image so made uniform.
@@ -220,10 +223,8 @@ class DenoisePipeline:
         chosen = resolve_device(device)
         started = time.perf_counter()
         kernel = local_mean_kernel(tuple(reversed(spacing)))
-        # The grouped step filters a magnitude image (through the Rician mean); other images get
-        # the network's two stages alone. With --preserve-detail the network's output (its guide
-        # not given back the lost local mean, which keeps faint lesions apart) is the pilot.
-        grouped = bool(uniform.min() >= 0)
+        # With --preserve-detail the network's output (its guide not given back the lost local
+        # mean, which keeps faint lesions apart) is the grouped step's pilot.
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
         if grouped and not preserve_detail:
             report(STAGE_DENOISE, 0.0)

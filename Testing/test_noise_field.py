@@ -112,15 +112,15 @@ def test_the_noise_map_says_why_it_was_not_used():
 
     small = add_rician_noise(np.full((24, 24, 24), 50.0), SIGMA, np.random.default_rng(0))
     notes = []
-    assert varying_noise(small, estimate_noise(small), True, notes) is None
+    assert varying_noise(small, True, estimate_noise(small), True, notes) is None
     assert notes == ["no noise map was used: too little of the image is tissue well above the noise to map it"]
     _, noisy = noisy_phantom(ramp())
     signed = noisy - 20
     notes = []
-    assert varying_noise(signed, estimate_noise(signed), True, notes) is None
+    assert varying_noise(signed, False, estimate_noise(signed), True, notes) is None
     assert notes == ["no noise map was used: the image is not a magnitude image"]
     notes = []
-    assert varying_noise(noisy, estimate_noise(noisy), False, notes) is None
+    assert varying_noise(noisy, True, estimate_noise(noisy), False, notes) is None
     assert len(notes) == 1 and notes[0].startswith("the noise level seems to vary across the image, from 0.")
 
 
