@@ -39,8 +39,9 @@ MIN_BLOCKS = 20
 SAMPLED_ABOVE = 1 << 21
 
 
-def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Return ``|image + n1 + i n2|`` with ``n1, n2 ~ N(0, sigma)``, as float32."""
+def add_rician_noise(image: np.ndarray, sigma: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Return ``|image + n1 + i n2|`` with ``n1, n2 ~ N(0, sigma)``, as float32; ``sigma`` may be an
+    array that broadcasts to the image's shape (a noise level that varies across it)."""
     real = image + rng.normal(0.0, sigma, image.shape)
     imaginary = rng.normal(0.0, sigma, image.shape)
     return np.hypot(real, imaginary).astype(np.float32)

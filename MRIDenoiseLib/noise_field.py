@@ -16,11 +16,10 @@ fit's residuals then spread wider than a block's RMS does in pure noise, and the
 (``NoiseField.follows_anatomy``).
 
 >>> import numpy as np
->>> from MRIDenoiseLib.noise import estimate_noise
->>> rng = np.random.default_rng(0)
+>>> from MRIDenoiseLib.noise import add_rician_noise, estimate_noise
 >>> ramp = np.linspace(0.6, 1.4, 56, dtype=np.float32)[:, None, None]
->>> noisy = np.hypot(100 + 5 * ramp * rng.normal(size=(56, 56, 56)), 5 * ramp * rng.normal(size=(56, 56, 56)))
->>> estimate = estimate_noise(noisy.astype(np.float32))
+>>> noisy = add_rician_noise(np.full((56, 56, 56), 100.0), 5 * ramp, np.random.default_rng(0))
+>>> estimate = estimate_noise(noisy)
 >>> field = estimate_noise_field(estimate.blocks, estimate.sigma)
 >>> field.varies, [round(float(f), 1) for f in field.on_grid(noisy.shape)[[3, 28, -4], 28, 28]]
 (True, [0.7, 1.0, 1.4])

@@ -24,9 +24,7 @@ def ramp(shape=SHAPE, low=0.5, high=1.5) -> np.ndarray:
 
 def noisy_phantom(level: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     clean = phantom(SHAPE)
-    rng = np.random.default_rng(seed)
-    noisy = np.hypot(clean + SIGMA * level * rng.normal(size=SHAPE), SIGMA * level * rng.normal(size=SHAPE))
-    return clean, noisy.astype(np.float32)
+    return clean, add_rician_noise(clean, SIGMA * level, np.random.default_rng(seed))
 
 
 def field_of(noisy: np.ndarray):

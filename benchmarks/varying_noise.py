@@ -35,7 +35,7 @@ from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
-from MRIDenoiseLib.noise import estimate_noise
+from MRIDenoiseLib.noise import add_rician_noise, estimate_noise
 from MRIDenoiseLib.noise_field import MAX_RESIDUAL_EXCESS, VARYING_SPREAD, estimate_noise_field
 from MRIDenoiseLib.pipeline import DenoisePipeline
 
@@ -102,9 +102,7 @@ def varying(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
         clean, spacing, _, _ = maker.clean(case)
         mask, xyz = head_mask(clean), tuple(reversed(spacing))
         field, sigma = g_factor(clean.shape), percent / 100 * float(clean.max())
-        rng = np.random.default_rng(2000 + percent)
-        noisy = np.hypot(clean + sigma * field * rng.normal(size=clean.shape),
-                         sigma * field * rng.normal(size=clean.shape)).astype(np.float32)
+        noisy = add_rician_noise(clean, sigma * field, np.random.default_rng(2000 + percent))
         one = pipeline.run(noisy, xyz, bias_correction=False).denoised
         mapped = pipeline.run(noisy, xyz, bias_correction=False, noise_map=True).denoised
         oracle = pipeline.run(noisy / field, xyz, bias_correction=False, sigma=sigma).denoised * field
