@@ -152,7 +152,8 @@ def estimate_noise_field(blocks: NoiseBlocks, sigma: float) -> NoiseField | None
     excess = float(np.median(log_rms - design @ coefficients)) / PURE_NOISE_RESIDUAL
     coefficients = coefficients[: spatial.shape[1]]
     log = spatial @ coefficients
-    coefficients[0] -= np.median(log)
-    log = spatial @ coefficients
+    median = np.median(log)
+    coefficients[0] -= median  # the first term is the constant
+    log -= median
     low, high = np.exp(np.percentile(log, [5, 95]))
     return NoiseField(coefficients, centre, (float(log.min()), float(log.max())), (float(low), float(high)), excess)
