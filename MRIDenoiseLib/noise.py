@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, special
 
+from .zero_filling import zero_filled_axes, zero_filled_gain
+
 GAUSSIAN_MAD = 0.6744897501960817
 # Below this signal-to-noise ratio the magnitude is visibly non-Gaussian, which biases the MAD.
 MIN_TISSUE_SNR = 4.0
@@ -125,6 +127,7 @@ class NoiseBlocks:
 class NoiseEstimate:
     sigma: float
     blocks: NoiseBlocks | None  # None where the volume is thinner than a block
+    zero_filled: tuple[int, ...] = ()  # axes along which the image looks interpolated 2x (``zero_filling``)
 
 
 def estimate_sigma(image: np.ndarray) -> float:
@@ -150,19 +153,26 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     time points, and the scanner noise is low-passed in-plane (lag-1 correlation 0.18 and 0.33)
     so it shows only 0.7 of its sigma at the finest scale; the estimate there is 1.46x the
     temporal-difference sigma.
+
+    Where the image looks zero-filled 2x along some axes (``zero_filling``), the detail is divided
+    by what it keeps of such noise, so that sigma is that of each voxel's noise as on an image
+    reconstructed on the grid it was sampled on.
     """
     image = np.asarray(image, dtype=np.float32)
+    zero_filled = zero_filled_axes(image)
     detail = _haar_detail(image)
+    if zero_filled:
+        detail /= np.float32(zero_filled_gain(zero_filled))
     smooth = ndimage.uniform_filter(image, size=3)[tuple(slice(0, n) for n in detail.shape)]
     every = even_sample(detail.size, SAMPLED_ABOVE)
     sampled_smooth, sampled_detail = smooth[every], detail[every]
     positive = sampled_smooth[sampled_smooth > 0]
     if positive.size == 0:
-        return NoiseEstimate(0.0, None)
+        return NoiseEstimate(0.0, None, zero_filled)
     floor = float(np.percentile(positive, 25))
     sigma = _tissue_mad_sigma(sampled_smooth, floor, lambda tissue: sampled_detail[tissue])
     if min(detail.shape) < BLOCK:
-        return NoiseEstimate(sigma, None)
+        return NoiseEstimate(sigma, None, zero_filled)
     rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
     smooth_blocks = _blocks(smooth, BLOCK)
     darkest, level = smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1)
@@ -175,7 +185,7 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
         sigma = float(np.percentile(rms[tissue], BLOCK_PERCENTILE)) / offset
     counts = [n // BLOCK for n in detail.shape]
     centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
-    return NoiseEstimate(sigma, NoiseBlocks(rms, darkest, level, centres, image.shape))
+    return NoiseEstimate(sigma, NoiseBlocks(rms, darkest, level, centres, image.shape), zero_filled)
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

@@ -36,6 +36,7 @@ from .local_means import local_mean_kernel, restore_local_means
 from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
 from .noise import NoiseEstimate, estimate_noise, estimate_sigma
 from .noise_field import estimate_noise_field
+from .zero_filling import zero_filled_gain
 
 StageProgress = Callable[[str, float], None]
 
@@ -109,6 +110,20 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
         return None
     notes.append(f"denoised against a noise map: the noise level runs {level}")
     return found.on_grid(volume.shape)
+
+
+def zero_filled_note(axes: tuple[int, ...]) -> str:
+    """What the user is told where the noise estimate found zero-filled interpolation along ``axes`` (NumPy's).
+
+    >>> zero_filled_note((1, 2)).split(", so")[0]
+    'the image looks interpolated 2x by zero-filling k-space along its I and J axes'
+    >>> zero_filled_note((0,)).split(": ")[1]
+    'sigma was estimated for that (1.66 times what white noise would give)'
+    """
+    names = " and ".join("KJI"[axis] for axis in sorted(axes, reverse=True))
+    return (f"the image looks interpolated 2x by zero-filling k-space along its {names} ax{'es' if len(axes) > 1 else 'is'}, "
+            "so its noise is correlated between neighbouring voxels: sigma was estimated for that "
+            f"({1 / zero_filled_gain(axes):.2f} times what white noise would give)")
 
 
 @dataclass
@@ -213,6 +228,8 @@ class DenoisePipeline:
             if not 0 < sigma < scale:
                 raise InputError(f"the noise level could not be estimated (sigma {sigma:g}): the image is too small, "
                                  "too flat or free of noise")
+            if estimate.zero_filled:
+                notes.append(zero_filled_note(estimate.zero_filled))
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
