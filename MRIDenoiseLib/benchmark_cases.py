@@ -9,6 +9,9 @@ the voxel size per NumPy axis, in mm.
   (:func:`tissue_levels`).
 - :func:`thick_slices` averages slabs of consecutive slices (a 6 mm acquisition from a 1 mm one).
 - :func:`bias_field` is a fixed smooth multiplicative field of +-20%.
+- :func:`zero_filled_scan` is a scan sampled at half the resolution along some axes and
+  reconstructed 2x by zero-filling its k-space, anatomy and noise alike (noise comes with it, as
+  the interpolation low-passes both); :func:`cut_k_space` is that cut.
 - :func:`place_lesions` and :func:`insert_lesions` add small smooth-edged spheres, hypo- and
   hyper-intense, in white matter; :func:`contrast_retained` says how much of each lesion's
   contrast to its surroundings a result keeps, relative to the clean lesioned image.
@@ -318,3 +321,31 @@ def contrast_retained(reference: np.ndarray, result: np.ndarray, lesions: Sequen
     """Per lesion: its contrast in ``result`` over its contrast in ``reference`` (1 = all kept)."""
     return np.array([lesion_contrast(result, lesion, spacing) / lesion_contrast(reference, lesion, spacing)
                      for lesion in lesions])
+
+
+def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2)) -> np.ndarray:
+    """``volume`` with the outer half of its k-space along ``axes`` set to zero (complex).
+
+    >>> line = np.zeros((1, 1, 8)); line[..., 3] = 1.0
+    >>> cut = cut_k_space(line, (2,)).real[0, 0]  # an impulse spread over its neighbours
+    >>> round(float(cut[3]), 2), round(float(cut.sum()), 2), np.round(cut[2:5], 2).tolist()
+    (0.5, 1.0, [0.3, 0.5, 0.3])
+    """
+    spectrum = np.fft.fftn(volume)
+    for axis in axes:
+        n = volume.shape[axis]
+        kept = np.zeros(n, bool)
+        kept[: n // 4] = kept[-(n // 4):] = True
+        spectrum *= kept.reshape([-1 if index == axis else 1 for index in range(volume.ndim)])
+    return np.fft.ifftn(spectrum)
+
+
+def zero_filled_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator,
+                     axes: Sequence[int] = (1, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, noisy) float32 magnitudes of ``clean`` sampled at half the resolution along
+    ``axes`` and reconstructed 2x by zero-filling: the clean image and complex white noise both
+    cut to the inner half of k-space there, the noise scaled to ``sigma`` per voxel and channel."""
+    noise = cut_k_space(rng.normal(size=clean.shape) + 1j * rng.normal(size=clean.shape), axes)
+    noise *= sigma / np.sqrt(np.mean(noise.real**2))
+    band_limited = cut_k_space(clean, axes).real
+    return np.abs(band_limited).astype(np.float32), np.abs(band_limited + noise).astype(np.float32)

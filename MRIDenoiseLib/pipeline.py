@@ -36,7 +36,7 @@ from .local_means import local_mean_kernel, restore_local_means
 from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
 from .noise import NoiseEstimate, estimate_noise, estimate_sigma
 from .noise_field import estimate_noise_field
-from .zero_filling import zero_filled_gain
+from .zero_filling import sampled_grids, sampled_spacing, zero_filled_axes, zero_filled_gain
 
 StageProgress = Callable[[str, float], None]
 
@@ -112,18 +112,23 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
     return found.on_grid(volume.shape)
 
 
-def zero_filled_note(axes: tuple[int, ...]) -> str:
-    """What the user is told where the noise estimate found zero-filled interpolation along ``axes`` (NumPy's).
+def zero_filled_note(axes: tuple[int, ...], estimated: bool) -> str:
+    """What the user is told where the image looks zero-filled along ``axes`` (NumPy's), and
+    sigma was ``estimated`` (else given).
 
-    >>> zero_filled_note((1, 2)).split(", so")[0]
+    >>> zero_filled_note((1, 2), True).split(", so")[0]
     'the image looks interpolated 2x by zero-filling k-space along its I and J axes'
-    >>> zero_filled_note((0,)).split(": ")[1]
+    >>> zero_filled_note((0,), True).split(": ")[1].split(", and ")[0]
     'sigma was estimated for that (1.66 times what white noise would give)'
+    >>> zero_filled_note((0,), False).split(": ")[1]
+    'each of the 2 grids it was sampled on was denoised apart'
     """
     names = " and ".join("KJI"[axis] for axis in sorted(axes, reverse=True))
+    grids = f"each of the {2 ** len(axes)} grids it was sampled on was denoised apart"
     return (f"the image looks interpolated 2x by zero-filling k-space along its {names} ax{'es' if len(axes) > 1 else 'is'}, "
-            "so its noise is correlated between neighbouring voxels: sigma was estimated for that "
-            f"({1 / zero_filled_gain(axes):.2f} times what white noise would give)")
+            "so its noise is correlated between neighbouring voxels: "
+            + (f"sigma was estimated for that ({1 / zero_filled_gain(axes):.2f} times what white noise would give), and "
+               + grids if estimated else grids))
 
 
 @dataclass
@@ -218,64 +223,46 @@ class DenoisePipeline:
         # image's noise is mapped; other images get the network's two stages alone.
         grouped = bool(volume.min() >= 0)
         relative_noise = None
-        if sigma is None or noise_map:
-            estimate = estimate_noise(volume)
+        estimate = estimate_noise(volume) if sigma is None or noise_map else None
+        if estimate is not None:
             relative_noise = varying_noise(volume, grouped, estimate, noise_map, notes)
         uniform = volume if relative_noise is None else volume / relative_noise
-        if sigma is None:
+        estimated = sigma is None
+        if estimated:
             # Where a field is divided out, sigma is the level of the image so made uniform.
             sigma = estimate.sigma if relative_noise is None else estimate_sigma(uniform)
             if not 0 < sigma < scale:
                 raise InputError(f"the noise level could not be estimated (sigma {sigma:g}): the image is too small, "
                                  "too flat or free of noise")
-            if estimate.zero_filled:
-                notes.append(zero_filled_note(estimate.zero_filled))
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
+        zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
+        if zero_filled:
+            notes.append(zero_filled_note(zero_filled, estimated))
         seconds[STAGE_NOISE] = time.perf_counter() - started
         report(STAGE_NOISE, 1.0)
         check_cancel()
 
         chosen = resolve_device(device)
         started = time.perf_counter()
-        kernel = local_mean_kernel(tuple(reversed(spacing)))
-        # With --preserve-detail the network's output (its guide not given back the lost local
-        # mean, which keeps faint lesions apart) is the grouped step's pilot.
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
-        if grouped and not preserve_detail:
-            report(STAGE_DENOISE, 0.0)
-            denoised = pilot_step(uniform, sigma, kernel, chosen, fallbacks.append,
-                                  scale if relative_noise is None else None)
-            first_share = PILOT_SHARE
-        else:
-            first_share = NETWORK_SHARE if grouped else 1.0
-            denoised = denoise_volume(
-                uniform, sigma, self.network, chosen,
-                progress=lambda fraction: report(STAGE_DENOISE, first_share * fraction),
-                cancel=cancel, on_fallback=fallbacks.append,
-                guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, kernel),
-            )
+        # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
+        grids = sampled_grids(zero_filled)
+        grid_spacing = sampled_spacing(spacing, zero_filled)
+        denoised = np.empty_like(uniform)
+        for number, grid in enumerate(grids):
+            denoised[grid] = self._denoise_uniform(
+                np.ascontiguousarray(uniform[grid]), sigma, grid_spacing, chosen, grouped, preserve_detail, thorough,
+                scale if relative_noise is None else None,
+                lambda fraction, number=number: report(STAGE_DENOISE, (number + fraction) / len(grids)),
+                cancel, fallbacks)
         if fallbacks:
             chosen = resolve_device("cpu")
         if not grouped:
             notes.append("the grouped Wiener step (a filter of the magnitude) was skipped: the image has negative "
                          "voxels, so it is not a magnitude image; the network denoised it")
-        else:
-            check_cancel()
-            # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
-            # untested there.
-            on_device = chosen if chosen.type == "cuda" else resolve_device("cpu")
-
-            def wiener_progress(fraction):
-                report(STAGE_DENOISE, first_share + (1 - first_share) * fraction)
-                check_cancel()
-
-            search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
-            denoised = wiener_step(uniform, denoised, sigma, on_device, search, wiener_progress, fallbacks.append)
         notes.extend(fallbacks)
-        if preserve_detail:
-            denoised = restore_local_means(uniform, denoised, sigma, tuple(reversed(spacing)))
         if relative_noise is not None:
             denoised *= relative_noise
         if not np.isfinite(denoised).all():
@@ -299,3 +286,43 @@ class DenoisePipeline:
             sigma_percent=100.0 * float(sigma) / scale, device=chosen.type,
             seconds=seconds, notes=notes, relative_noise=relative_noise,
         )
+
+    def _denoise_uniform(self, uniform: np.ndarray, sigma: float, spacing: tuple[float, float, float],
+                         chosen: torch.device, grouped: bool, preserve_detail: bool, thorough: bool,
+                         pilot_scale: float | None, progress: Callable[[float], None],
+                         cancel: Optional[Callable[[], bool]], fallbacks: list[str]) -> np.ndarray:
+        """The denoising stage of ``run`` on an image whose noise is white and of one ``sigma``:
+        the pilot (or the network), the grouped Wiener step, the local means given back;
+        ``fallbacks`` hears where the GPU ran out of memory."""
+        kernel = local_mean_kernel(tuple(reversed(spacing)))
+        # With --preserve-detail the network's output (its guide not given back the lost local
+        # mean, which keeps faint lesions apart) is the grouped step's pilot.
+        if grouped and not preserve_detail:
+            progress(0.0)
+            denoised = pilot_step(uniform, sigma, kernel, chosen, fallbacks.append, pilot_scale)
+            first_share = PILOT_SHARE
+        else:
+            first_share = NETWORK_SHARE if grouped else 1.0
+            denoised = denoise_volume(
+                uniform, sigma, self.network, chosen,
+                progress=lambda fraction: progress(first_share * fraction),
+                cancel=cancel, on_fallback=fallbacks.append,
+                guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, kernel),
+            )
+        if grouped:
+            if cancel is not None and cancel():
+                raise Cancelled()
+            # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
+            # untested there. After a fallback, on the CPU.
+            on_device = chosen if chosen.type == "cuda" and not fallbacks else resolve_device("cpu")
+
+            def wiener_progress(fraction):
+                progress(first_share + (1 - first_share) * fraction)
+                if cancel is not None and cancel():
+                    raise Cancelled()
+
+            search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
+            denoised = wiener_step(uniform, denoised, sigma, on_device, search, wiener_progress, fallbacks.append)
+        if preserve_detail:
+            denoised = restore_local_means(uniform, denoised, sigma, tuple(reversed(spacing)))
+        return denoised

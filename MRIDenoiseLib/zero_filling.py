@@ -11,6 +11,8 @@ cleaner than it is.
 ``zero_filled_axes`` finds such axes from the image alone: along each one, the power spectrum
 (averaged over the lines along it) falls by a step at half the Nyquist frequency that the slope
 beside it does not explain. ``zero_filled_gain`` is what the finest detail keeps of the sigma.
+Every other voxel along such an axis is a sample as the scanner took it, with white noise:
+``sampled_grids`` are those interleaved grids, ``sampled_spacing`` their voxel size.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -84,3 +86,25 @@ def zero_filled_gain(axes: tuple[int, ...]) -> float:
     along ``axes``: ``sqrt(1 - 2/pi)`` per axis (the lag-1 correlation of noise band-limited to
     half Nyquist is ``sinc(1/2) = 2/pi``)."""
     return float(np.sqrt(1 - 2 / np.pi) ** len(axes))
+
+
+def sampled_grids(axes: tuple[int, ...]) -> list[tuple[slice, slice, slice]]:
+    """The ``2 ** len(axes)`` interleaved grids of every other voxel along ``axes`` (one grid, the
+    whole volume, where there are none).
+
+    >>> len(sampled_grids(())), len(sampled_grids((1, 2))), sampled_grids((2,))[1][2]
+    (1, 4, slice(1, None, 2))
+    """
+    grids = [(slice(None),) * 3]
+    for axis in axes:
+        grids = [grid[:axis] + (slice(start, None, 2),) + grid[axis + 1:] for grid in grids for start in (0, 1)]
+    return grids
+
+
+def sampled_spacing(spacing_xyz: tuple[float, float, float], axes: tuple[int, ...]) -> tuple[float, float, float]:
+    """The voxel size (x, y, z) of ``sampled_grids(axes)``: twice the image's along each of ``axes`` (NumPy's).
+
+    >>> sampled_spacing((0.5, 0.5, 3.0), (1, 2))
+    (1.0, 1.0, 3.0)
+    """
+    return tuple(size * 2 if 2 - index in axes else size for index, size in enumerate(spacing_xyz))

@@ -1,16 +1,29 @@
-"""Noise correlated between neighbouring voxels, as a scanner's zero-filled interpolation makes it:
-a known limit of the noise estimate.
+"""Noise correlated between neighbouring voxels, as a scanner's zero-filled interpolation makes it.
 
-    python benchmarks/correlated_noise.py --data ../shared/data
+    python benchmarks/correlated_noise.py --data ../shared/data [--no-peers]
 
 Many scanners reconstruct on a finer grid than they sample (2x in-plane "zero-filled
-interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Here
-each channel of the Rician noise is white noise whose k-space is cut to its central half along the
-two in-plane axes (the last two NumPy axes), then scaled back to the same sigma per voxel (one
-seeded draw per case). PSNR inside the clean case's head mask (peak = the clean maximum) of the
-noisy input, DIPY and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise with its own sigma
-estimate, and MRIDenoise given the true sigma (``--sigma``); with the noise's lag-1 correlation
-along the last axis and the estimate over the true sigma.
+interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Two
+kinds of case, made from the quality benchmark's held-out scans (``quality.CaseMaker``), one
+seeded draw each, zero-filled along the two in-plane axes (the last two NumPy axes):
+
+- scanner: the scan sampled at half the in-plane resolution and reconstructed 2x, anatomy and
+  noise both cut to the inner half of k-space (``benchmark_cases.zero_filled_scan``); scored
+  against the clean scan so cut;
+- noise only: the anatomy at full resolution, each channel of the Rician noise cut so (the
+  first version of this benchmark; no scanner makes it, and the cut is harder to see under the
+  anatomy); scored against the clean scan.
+
+PSNR inside the clean case's head mask (peak = the reference's maximum) of the noisy input, DIPY
+and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise (its own sigma estimate, which looks
+for the cut: ``zero_filling``), and MRIDenoise given the true sigma (``--sigma``); with the
+noise's lag-1 correlation along the last axis, the cut the estimate found (the step in the power
+spectrum at half Nyquist, beyond the slope beside it, on each in-plane axis) and the estimate over
+the true sigma.
+
+Then how the step is spread where there is no cut (the threshold, ``zero_filling.MIN_STEP``, must
+stay above all of these): the quality benchmark's 48 noisy inputs, the raw training scans and
+nibabel's three real series; and where there is one, the scanner kind at 3 to 15% noise.
 """
 
 from __future__ import annotations
@@ -19,47 +32,105 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from quality import Case, CaseMaker, run_ants, run_dipy
+import SimpleITK as sitk
+from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy
+from real_noise import SERIES, load_series
 
+from MRIDenoiseLib.benchmark_cases import cut_k_space, zero_filled_scan
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
-from MRIDenoiseLib.noise import estimate_sigma
+from MRIDenoiseLib.noise import estimate_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.zero_filling import MIN_LINE, MIN_STEP, axis_power, half_nyquist_step
 
-CASES = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("Colin27", "T2", block=2), 5)]
+IN_PLANE = (1, 2)
+CASES_SCANNER = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("IXI080", "T2"), 5),
+                 (Case("Colin27", "T1", block=2), 3), (Case("Colin27", "T2", block=2), 5),
+                 (Case("Colin27", "PD", block=2), 9)]
+CASES_NOISE_ONLY = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("Colin27", "T2", block=2), 5)]
 
 
-def zero_filled_noise(shape, rng: np.random.Generator, axes=(1, 2)) -> np.ndarray:
-    """White noise with its k-space cut to the central half along ``axes``, scaled to unit variance."""
-    spectrum = np.fft.fftn(rng.normal(size=shape))
-    for axis in axes:
-        n = shape[axis]
-        kept = np.zeros(n, bool)
-        kept[: n // 4] = kept[-(n // 4):] = True
-        spectrum *= kept.reshape([-1 if index == axis else 1 for index in range(len(shape))])
-    noise = np.real(np.fft.ifftn(spectrum))
+def steps(volume: np.ndarray, axes=(0, 1, 2)) -> list[float]:
+    return [half_nyquist_step(axis_power(volume, axis)) for axis in axes if volume.shape[axis] >= MIN_LINE]
+
+
+def lag_correlation(noise: np.ndarray, where: np.ndarray) -> float:
+    """Correlation of neighbours along the last axis, over pairs both in ``where`` (bright tissue,
+    where the magnitude's noise is close to the real channel's)."""
+    both = where[..., 1:] & where[..., :-1]
+    return float(np.corrcoef(noise[..., 1:][both], noise[..., :-1][both])[0, 1])
+
+
+def zero_filled_noise(shape, rng: np.random.Generator) -> np.ndarray:
+    """White noise with its k-space cut to the central half in-plane, scaled to unit variance."""
+    noise = cut_k_space(rng.normal(size=shape), IN_PLANE).real
     return noise / noise.std()
+
+
+def noise_only_case(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    real, imaginary = zero_filled_noise(clean.shape, rng), zero_filled_noise(clean.shape, rng)
+    return clean, np.hypot(clean + sigma * real, sigma * imaginary).astype(np.float32)
+
+
+def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
+    print("| kind | case | noise | lag-1 correlation | step at half Nyquist (J, I) | axes found | estimate / true "
+          "sigma | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, true sigma |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, cases in (("scanner", CASES_SCANNER), ("noise only", CASES_NOISE_ONLY)):
+        for case, percent in cases:
+            clean, spacing, _, _ = maker.clean(case)
+            mask, xyz = head_mask(clean), tuple(reversed(spacing))
+            sigma, rng = percent / 100 * float(clean.max()), np.random.default_rng(5)
+            make = (lambda c, s, r: zero_filled_scan(c, s, r, IN_PLANE)) if kind == "scanner" else noise_only_case
+            reference, noisy = make(clean, sigma, rng)
+            lag = lag_correlation(noisy - reference, reference > 0.5 * reference.max())
+            estimate = estimate_noise(noisy)
+            ours = pipeline.run(noisy, xyz, bias_correction=False)
+            results = [noisy, run_dipy(noisy) if peers else None, run_ants(noisy, xyz) if peers else None, ours.denoised,
+                       pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised]
+            found = ", ".join("KJI"[axis] for axis in estimate.zero_filled) or "none"
+            print(f"| {kind} | {case.name} | {percent}% | {lag:.2f} | "
+                  + " / ".join(f"{step:.2f}" for step in steps(noisy, IN_PLANE)) + f" | {found} | "
+                  f"{estimate.sigma / sigma:.2f} | "
+                  + " | ".join("—" if volume is None else f"{psnr(reference, volume, mask):.2f}" for volume in results)
+                  + " |", flush=True)
+
+
+def spread(maker: CaseMaker, data: Path) -> None:
+    print("\n| images | how many | largest step at half Nyquist (any axis) | where |")
+    print("|---|---|---|---|")
+    white = [(max(steps(case_noise(maker.clean(case)[0], percent))), f"{case.name} {percent}%")
+             for case in CASES for percent in case.noise]
+    print(f"| quality benchmark, white Rician noise | {len(white)} | {max(white)[0]:.2f} | {max(white)[1]} |")
+    raw = []
+    for path in sorted((data / "train").glob("*/*.nii*")):
+        scan = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+        raw.append((max(steps(scan)), path.name))
+    print(f"| raw training scans | {len(raw)} | {max(raw)[0]:.2f} | {max(raw)[1]} |")
+    for name in SERIES:
+        volume = load_series(name)[0][0].astype(np.float32)
+        found = steps(volume)
+        print(f"| nibabel {name}, volume 0 | 1 | {max(found):.2f} | |" if found else
+              f"| nibabel {name}, volume 0 | 1 | — | every axis under {MIN_LINE} voxels but one |")
+    cut = []
+    for case in (Case("Colin27"), Case("Colin27", "T2"), Case("IXI080"), Case("IXI130"), Case("IXI080", "T2")):
+        clean = maker.clean(case)[0]
+        for percent in (3, 5, 9, 15):
+            _, noisy = zero_filled_scan(clean, percent / 100 * float(clean.max()), np.random.default_rng(7), IN_PLANE)
+            cut.append((min(steps(noisy, IN_PLANE)), f"{case.name} {percent}%"))
+    print(f"| scanner kind, zero-filled in-plane (the smaller of J and I) | {len(cut)} | smallest {min(cut)[0]:.2f} "
+          f"| {min(cut)[1]} |")
+    print(f"\nThreshold (`zero_filling.MIN_STEP`): {MIN_STEP}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--no-peers", action="store_true", help="leave DIPY and ANTs out")
     args = parser.parse_args()
-    maker, pipeline = CaseMaker(args.data), DenoisePipeline()
-    print("| case | noise | lag-1 correlation | estimate / true sigma | noisy | DIPY nlmeans | ANTs DenoiseImage "
-          "| MRIDenoise | MRIDenoise, true sigma |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for case, percent in CASES:
-        clean, spacing, _, _ = maker.clean(case)
-        mask, xyz = head_mask(clean), tuple(reversed(spacing))
-        sigma, rng = percent / 100 * float(clean.max()), np.random.default_rng(5)
-        real, imaginary = zero_filled_noise(clean.shape, rng), zero_filled_noise(clean.shape, rng)
-        lag = np.corrcoef(real[..., 1:].ravel(), real[..., :-1].ravel())[0, 1]
-        noisy = np.hypot(clean + sigma * real, sigma * imaginary).astype(np.float32)
-        results = (noisy, run_dipy(noisy), run_ants(noisy, xyz), pipeline.run(noisy, xyz, bias_correction=False).denoised,
-                   pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised)
-        print(f"| {case.name} | {percent}% | {lag:.2f} | {estimate_sigma(noisy) / sigma:.2f} | "
-              + " | ".join(f"{psnr(clean, volume, mask):.2f}" for volume in results) + " |", flush=True)
+    maker = CaseMaker(args.data)
+    compare(maker, DenoisePipeline(), not args.no_peers)
+    spread(maker, args.data)
 
 
 if __name__ == "__main__":
