@@ -12,6 +12,8 @@ the voxel size per NumPy axis, in mm.
 - :func:`zero_filled_scan` is a scan sampled at half the resolution along some axes and
   reconstructed 2x by zero-filling its k-space, anatomy and noise alike (noise comes with it, as
   the interpolation low-passes both); :func:`cut_k_space` is that cut.
+  :func:`partial_fourier_scan` is one whose k-space was sampled 6/8 along an axis, the rest
+  zero-filled: a cut on one side only, which must not be taken for the former.
 - :func:`place_lesions` and :func:`insert_lesions` add small smooth-edged spheres, hypo- and
   hyper-intense, in white matter; :func:`contrast_retained` says how much of each lesion's
   contrast to its surroundings a result keeps, relative to the clean lesioned image.
@@ -349,3 +351,18 @@ def zero_filled_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator,
     noise *= sigma / np.sqrt(np.mean(noise.real**2))
     band_limited = cut_k_space(clean, axes).real
     return np.abs(band_limited).astype(np.float32), np.abs(band_limited + noise).astype(np.float32)
+
+
+def partial_fourier_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator,
+                         axis: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, noisy) float32 magnitudes of ``clean`` with complex white noise of ``sigma``
+    per channel, reconstructed from 6/8 of its k-space along ``axis`` (the outer quarter on the
+    negative side zero-filled, as a partial Fourier acquisition without homodyne or POCS)."""
+    n = clean.shape[axis]
+    kept = (np.fft.fftfreq(n) * n >= -n / 4).reshape([-1 if index == axis else 1 for index in range(clean.ndim)])
+
+    def reconstructed(volume):
+        return np.abs(np.fft.ifft(np.fft.fft(volume, axis=axis) * kept, axis=axis)).astype(np.float32)
+
+    noise = rng.normal(size=clean.shape) + 1j * rng.normal(size=clean.shape)
+    return reconstructed(clean), reconstructed(clean + sigma * noise)

@@ -159,11 +159,12 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     reconstructed on the grid it was sampled on.
     """
     image = np.asarray(image, dtype=np.float32)
-    zero_filled = zero_filled_axes(image)
+    smooth = ndimage.uniform_filter(image, size=3)
+    zero_filled = zero_filled_axes(image, smooth)
     detail = _haar_detail(image)
     if zero_filled:
         detail /= np.float32(zero_filled_gain(zero_filled))
-    smooth = ndimage.uniform_filter(image, size=3)[tuple(slice(0, n) for n in detail.shape)]
+    smooth = smooth[tuple(slice(0, n) for n in detail.shape)]
     every = even_sample(detail.size, SAMPLED_ABOVE)
     sampled_smooth, sampled_detail = smooth[every], detail[every]
     positive = sampled_smooth[sampled_smooth > 0]

@@ -8,21 +8,27 @@ axis is zero, for the anatomy and the noise alike. Neighbouring voxels' noise th
 both in-plane axes were interpolated, so the image would be denoised as if it were three times
 cleaner than it is.
 
-``zero_filled_axes`` finds such axes from the image alone: along each one, the power spectrum
-(averaged over the lines along it) falls by a step at half the Nyquist frequency that the slope
-beside it does not explain. ``zero_filled_gain`` is what the finest detail keeps of the sigma.
-Every other voxel along such an axis is a sample as the scanner took it, with white noise:
-``sampled_grids`` are those interleaved grids, ``sampled_spacing`` their voxel size.
+``zero_filled_axes`` finds such axes from the image alone: along each one, the power spectrum of
+32-voxel segments that lie in bright tissue (Hann-windowed) is near zero past half Nyquist, far
+below what the slope beneath it predicts. In the tissue the magnitude is close to the complex
+image, so the cut shows there nearly whole; partial Fourier (one side of k-space zero-filled)
+leaves at least a quarter of the power past it, and smooth anatomy a slope.
+``zero_filled_gain`` is what the finest detail keeps of the sigma. Every other voxel along a
+zero-filled axis is a sample as the scanner took it, with white noise: ``sampled_grids`` are
+those interleaved grids, ``sampled_spacing`` their voxel size.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
->>> white = rng.normal(size=(64, 64, 64)).astype(np.float32)
+>>> box = np.zeros((64, 64, 64), np.float32)
+>>> box[8:56, 8:56, 8:56] = 100
+>>> white = box + rng.normal(size=box.shape).astype(np.float32)
 >>> spectrum = np.fft.fft(white, axis=2)
 >>> spectrum[:, :, 16:49] = 0  # the outer half of k-space along the last axis
 >>> interpolated = np.real(np.fft.ifft(spectrum, axis=2)).astype(np.float32)
 >>> zero_filled_axes(white), zero_filled_axes(interpolated)
 ((), (2,))
->>> finest = np.diff(interpolated, axis=2).std() / np.sqrt(2) / interpolated.std()
+>>> noise = np.real(np.fft.ifft(np.fft.fft(white - box, axis=2) * (np.abs(np.fft.fftfreq(64)) < 0.25), axis=2))
+>>> finest = np.diff(noise, axis=2).std() / np.sqrt(2) / noise.std()
 >>> round(zero_filled_gain((2,)), 3), bool(abs(finest - zero_filled_gain((2,))) < 0.02)
 (0.603, True)
 """
@@ -30,55 +36,66 @@ Every other voxel along such an axis is a sample as the scanner took it, with wh
 from __future__ import annotations
 
 import numpy as np
-from scipy import fft
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import fft, ndimage
 
-# The least step, in natural log of power, at half Nyquist beyond the slope beside it
-# (`benchmarks/zero_filled.py` measures it): white Rician noise on the quality benchmark's cases
-# and the raw training scans stay below 0.4, nibabel's phantom EPI reaches 0.56; images
-# zero-filled 2x in-plane have 0.87 and more up to 15% noise (the background's Rayleigh noise
-# spreads power past the cut, more as the noise grows).
-MIN_STEP = 0.7
-MIN_LINE = 32  # shorter axes give too few frequencies to see a step
-LINES = 4096  # lines whose spectra are averaged, at most
+from .mask import otsu_threshold
 
-
-def _log_band(power: np.ndarray, start: int, stop: int) -> float:
-    return float(np.log(np.median(power[start:stop]) + 1e-30))
-
-
-def half_nyquist_step(power: np.ndarray) -> float:
-    """How far (natural log) ``power`` (bins 0 to Nyquist of a line of ``2 * (len - 1)``) falls
-    across half Nyquist beyond what the slopes on either side predict (0 where it does not)."""
-    length = 2 * (power.size - 1)
-    width = max(2, round(0.05 * length / 2))
-    steps = []
-    for cut in (length // 4 - 1, length // 4, length // 4 + 1):
-        below = _log_band(power, cut - 1 - width, cut - 1)
-        above = _log_band(power, cut + 1, cut + 1 + width)
-        slope_below = _log_band(power, cut - 1 - 3 * width, cut - 1 - width) - below
-        slope_above = above - _log_band(power, cut + 1 + width, cut + 1 + 3 * width)
-        slope = max(0.5 * (slope_below + slope_above), 0.0)
-        # The bands' centres are width + 2 bins apart, the slope bands' 2 * width.
-        steps.append(below - above - slope * (width + 2) / (2 * width))
-    return max(steps)
+SEGMENT = 32  # voxels: bins 0 to 16 of the spectrum, half Nyquist at bin 8
+# Bands of the segments' spectrum (bins): well below the cut, just below it, and past it (Hann's
+# main lobe, two bins wide, keeps the power below the cut out of the last band).
+LOWER, BELOW, PAST = (2, 5), (5, 8), (10, 14)
+# The least drop, in natural log of power, from just below half Nyquist to past it, beyond what
+# the slope beneath predicts (`benchmarks/correlated_noise.py` measures it): white Rician noise on
+# the quality benchmark's cases and raw scans stay near 0 or below, partial Fourier 6/8
+# zero-filled on one side below 1; images zero-filled 2x in-plane 2.4 and more up to 15% noise.
+MIN_STEP = 1.5
+MIN_SEGMENTS = 64
+LINES = 4096  # lines whose tissue segments are taken, at most: evenly spread over the volume
 
 
-def axis_power(image: np.ndarray, axis: int) -> np.ndarray:
-    """The power spectrum along ``axis``, averaged over the lines along it whose mean is at least
-    the median line's (the head more than the background, whose magnitude, Rayleigh noise, spreads
-    power past the cut), up to LINES of them, evenly spaced."""
-    means = image.mean(axis=axis, dtype=np.float64)
-    picked = np.flatnonzero(means >= np.median(means))
-    picked = np.unravel_index(picked[:: max(1, picked.size // LINES)], means.shape)
-    lines = np.moveaxis(image, axis, -1)[picked]
-    centred = lines - means[picked][:, None].astype(np.float32)
-    return (np.abs(fft.rfft(centred, axis=-1)) ** 2).mean(axis=0)
+def tissue_segments(image: np.ndarray, inside: np.ndarray, axis: int) -> np.ndarray:
+    """Segments of SEGMENT voxels along ``axis`` (half a segment apart) that lie wholly ``inside``,
+    from up to LINES lines evenly spread over the volume, as rows."""
+    lines, mask = np.moveaxis(image, axis, -1), np.moveaxis(inside, axis, -1)
+    count = lines.shape[0] * lines.shape[1]
+    picked = np.unravel_index(np.arange(0, count, max(1, count // LINES)), lines.shape[:2])
+    windows = sliding_window_view(lines[picked], SEGMENT, axis=1)[:, :: SEGMENT // 2]
+    whole = sliding_window_view(mask[picked], SEGMENT, axis=1)[:, :: SEGMENT // 2].all(axis=-1)
+    return windows[whole]
 
 
-def zero_filled_axes(image: np.ndarray) -> tuple[int, ...]:
-    """The axes along which ``image`` looks interpolated 2x by zero-filling its k-space."""
-    return tuple(axis for axis, length in enumerate(image.shape)
-                 if length >= MIN_LINE and half_nyquist_step(axis_power(image, axis)) > MIN_STEP)
+def segments_step(segments: np.ndarray) -> float:
+    """How far (natural log) the segments' mean power spectrum falls from just below half Nyquist
+    to past it, beyond the slope from the band beneath (0 or less where it does not)."""
+    centred = segments - segments.mean(axis=1, keepdims=True)
+    power = (np.abs(fft.rfft(centred * np.hanning(SEGMENT).astype(np.float32), axis=1)) ** 2).mean(axis=0)
+    lower, below, past = (float(np.log(np.median(power[start:stop]) + 1e-30)) for start, stop in (LOWER, BELOW, PAST))
+    slope = max(lower - below, 0.0) / (np.mean(BELOW) - np.mean(LOWER))  # per bin
+    return below - past - slope * (np.mean(PAST) - np.mean(BELOW))
+
+
+def half_nyquist_steps(image: np.ndarray, smooth: np.ndarray | None = None) -> dict[int, float]:
+    """``segments_step`` along each axis that holds MIN_SEGMENTS segments in the tissue (above
+    Otsu's threshold of ``smooth``, the image's 3x3x3 mean, computed here where not given)."""
+    image = np.asarray(image, dtype=np.float32)
+    if smooth is None:
+        smooth = ndimage.uniform_filter(image, size=3)
+    if smooth.max() <= smooth.min():
+        return {}
+    inside = smooth > otsu_threshold(smooth[::2, ::2, ::2].ravel())
+    steps = {}
+    for axis, length in enumerate(image.shape):
+        segments = tissue_segments(image, inside, axis) if length >= SEGMENT else ()
+        if len(segments) >= MIN_SEGMENTS:
+            steps[axis] = segments_step(segments)
+    return steps
+
+
+def zero_filled_axes(image: np.ndarray, smooth: np.ndarray | None = None) -> tuple[int, ...]:
+    """The axes along which ``image`` looks interpolated 2x by zero-filling its k-space
+    (``half_nyquist_steps`` above MIN_STEP)."""
+    return tuple(axis for axis, step in half_nyquist_steps(image, smooth).items() if step > MIN_STEP)
 
 
 def zero_filled_gain(axes: tuple[int, ...]) -> float:
