@@ -46,10 +46,12 @@ SEGMENT = 32  # voxels: bins 0 to 16 of the spectrum, half Nyquist at bin 8
 # main lobe, two bins wide, keeps the power below the cut out of the last band).
 LOWER, BELOW, PAST = (2, 5), (5, 8), (10, 14)
 # The least drop, in natural log of power, from just below half Nyquist to past it, beyond what
-# the slope beneath predicts (`benchmarks/correlated_noise.py` measures it): white Rician noise on
-# the quality benchmark's cases and raw scans stay near 0 or below, partial Fourier 6/8
-# zero-filled on one side below 1; images zero-filled 2x in-plane 2.4 and more up to 15% noise.
-MIN_STEP = 1.5
+# the slope beneath predicts. A cut on one side of k-space (partial Fourier) leaves at least a
+# quarter of a real image's power past it (ln 4 = 1.39 at most); measured by
+# `benchmarks/correlated_noise.py`: white Rician noise on the quality benchmark's cases and 188 raw
+# scans 0.14 at most, partial Fourier 6/8 zero-filled on one side 1.06, images zero-filled 2x
+# in-plane 2.53 and more (1 to 15% noise).
+MIN_STEP = 1.8
 MIN_SEGMENTS = 64
 LINES = 4096  # lines whose tissue segments are taken, at most: evenly spread over the volume
 
