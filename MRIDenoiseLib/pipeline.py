@@ -205,7 +205,8 @@ class DenoisePipeline:
         image with negative voxels gets the network alone, with a note.
         Where the noise level varies across the image (``noise_field``), ``noise_map`` denoises it
         divided by the estimated field and multiplies the field back (``sigma`` is then the level of
-        the image so divided); without it a note says so.
+        the image so divided); without it a note says so. Where the image looks interpolated 2x by
+        zero-filling (``zero_filling``), each grid it was sampled on is denoised apart, with a note.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -249,14 +250,19 @@ class DenoisePipeline:
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
         # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
         grids = sampled_grids(zero_filled)
-        grid_spacing = sampled_spacing(spacing, zero_filled)
-        denoised = np.empty_like(uniform)
-        for number, grid in enumerate(grids):
-            denoised[grid] = self._denoise_uniform(
-                np.ascontiguousarray(uniform[grid]), sigma, grid_spacing, chosen, grouped, preserve_detail, thorough,
-                scale if relative_noise is None else None,
-                lambda fraction, number=number: report(STAGE_DENOISE, (number + fraction) / len(grids)),
-                cancel, fallbacks)
+
+        def denoise_grid(number: int, grid: tuple[slice, slice, slice]) -> np.ndarray:
+            return self._denoise_uniform(
+                np.ascontiguousarray(uniform[grid]), sigma, sampled_spacing(spacing, zero_filled), chosen, grouped,
+                preserve_detail, thorough, scale if relative_noise is None else None,
+                lambda fraction: report(STAGE_DENOISE, (number + fraction) / len(grids)), cancel, fallbacks)
+
+        if len(grids) == 1:
+            denoised = denoise_grid(0, grids[0])  # no copy of the volume where there is one grid
+        else:
+            denoised = np.empty_like(uniform)
+            for number, grid in enumerate(grids):
+                denoised[grid] = denoise_grid(number, grid)
         if fallbacks:
             chosen = resolve_device("cpu")
         if not grouped:
