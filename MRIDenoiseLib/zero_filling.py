@@ -43,7 +43,7 @@ from .mask import otsu_threshold
 
 SEGMENT = 32  # voxels: bins 0 to 16 of the spectrum, half Nyquist at bin 8
 # Bands of the segments' spectrum (bins): well below the cut, just below it, and past it (Hann's
-# main lobe, two bins wide, keeps the power below the cut out of the last band).
+# main lobe reaches two bins either side: the power below the cut stays out of the last band).
 LOWER, BELOW, PAST = (2, 5), (5, 8), (10, 14)
 # The least drop, in natural log of power, from just below half Nyquist to past it, beyond what
 # the slope beneath predicts. A cut on one side of k-space (partial Fourier) leaves at least a
