@@ -36,6 +36,12 @@ class Cancelled(Exception):
     """Raised inside the sliding window when the caller asked to stop."""
 
 
+def raise_if_cancelled(cancel: Optional[CancelCheck]) -> None:
+    """Raise Cancelled where ``cancel`` is given and says the caller asked to stop."""
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
 class DeviceUnavailable(ValueError):
     """The device asked for does not exist on this machine."""
 
@@ -104,8 +110,7 @@ class _WindowPredictor:
         self.progress, self.cancel, self.done = progress, cancel, 0
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled()
+        raise_if_cancelled(self.cancel)
         sigma = self.sigma.expand(windows.shape[0])
         with torch.autocast(device_type=windows.device.type, enabled=self.use_amp):
             output = self.network(windows, sigma, guide_detail=self.guide_detail)

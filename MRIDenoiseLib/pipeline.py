@@ -29,7 +29,7 @@ import torch
 
 from .bias import correct_bias
 from .block_matching import block_matched_wiener
-from .inference import Cancelled, denoise_volume, resolve_device, retried_on_cpu
+from .inference import denoise_volume, raise_if_cancelled, resolve_device, retried_on_cpu
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
 from .local_means import local_mean_kernel, restore_local_means
@@ -213,10 +213,6 @@ class DenoisePipeline:
         notes: list[str] = []
         volume = np.asarray(volume, dtype=np.float32)
 
-        def check_cancel():
-            if cancel is not None and cancel():
-                raise Cancelled()
-
         started = time.perf_counter()
         report(STAGE_NOISE, 0.0)
         scale = intensity_scale(volume)
@@ -243,17 +239,17 @@ class DenoisePipeline:
             notes.append(zero_filled_note(zero_filled, estimated))
         seconds[STAGE_NOISE] = time.perf_counter() - started
         report(STAGE_NOISE, 1.0)
-        check_cancel()
+        raise_if_cancelled(cancel)
 
         chosen = resolve_device(device)
         started = time.perf_counter()
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
         # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
-        grids = sampled_grids(zero_filled)
+        grids, grid_spacing = sampled_grids(zero_filled), sampled_spacing(spacing, zero_filled)
 
         def denoise_grid(number: int, grid: tuple[slice, slice, slice]) -> np.ndarray:
             return self._denoise_uniform(
-                np.ascontiguousarray(uniform[grid]), sigma, sampled_spacing(spacing, zero_filled), chosen, grouped,
+                np.ascontiguousarray(uniform[grid]), sigma, grid_spacing, chosen, grouped,
                 preserve_detail, thorough, scale if relative_noise is None else None,
                 lambda fraction: report(STAGE_DENOISE, (number + fraction) / len(grids)), cancel, fallbacks)
 
@@ -281,7 +277,7 @@ class DenoisePipeline:
             notes.append(f"bias correction skipped: N4 needs at least {N4_MIN_VOXELS} voxels along every axis "
                          f"(this volume has {' x '.join(map(str, reversed(volume.shape)))})")
         elif bias_correction:
-            check_cancel()
+            raise_if_cancelled(cancel)
             started = time.perf_counter()
             report(STAGE_BIAS, 0.0)
             denoised, bias_field = correct_bias(denoised, spacing)
@@ -316,16 +312,14 @@ class DenoisePipeline:
                 guide_detail=GuideDetail(0.0 if preserve_detail else GUIDE_DETAIL, kernel),
             )
         if grouped:
-            if cancel is not None and cancel():
-                raise Cancelled()
+            raise_if_cancelled(cancel)
             # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
             # untested there. After a fallback, on the CPU.
             on_device = chosen if chosen.type == "cuda" and not fallbacks else resolve_device("cpu")
 
             def wiener_progress(fraction):
                 progress(first_share + (1 - first_share) * fraction)
-                if cancel is not None and cancel():
-                    raise Cancelled()
+                raise_if_cancelled(cancel)
 
             search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
             denoised = wiener_step(uniform, denoised, sigma, on_device, search, wiener_progress, fallbacks.append)
