@@ -325,6 +325,16 @@ def contrast_retained(reference: np.ndarray, result: np.ndarray, lesions: Sequen
                      for lesion in lesions])
 
 
+def _along(mask: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """A 1-D ``mask`` over the frequencies of ``axis``, shaped to broadcast over ``ndim`` axes."""
+    return mask.reshape([-1 if index == axis else 1 for index in range(ndim)])
+
+
+def _complex_noise(rng: np.random.Generator, shape) -> np.ndarray:
+    """Unit complex white noise: independent standard normal real and imaginary channels."""
+    return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+
 def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2)) -> np.ndarray:
     """``volume`` with the outer half of its k-space along ``axes`` set to zero (complex).
 
@@ -338,7 +348,7 @@ def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2)) -> np.ndarray:
         n = volume.shape[axis]
         kept = np.zeros(n, bool)
         kept[: n // 4] = kept[-(n // 4):] = True
-        spectrum *= kept.reshape([-1 if index == axis else 1 for index in range(volume.ndim)])
+        spectrum *= _along(kept, axis, volume.ndim)
     return np.fft.ifftn(spectrum)
 
 
@@ -347,7 +357,7 @@ def zero_filled_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator,
     """(reference, noisy) float32 magnitudes of ``clean`` sampled at half the resolution along
     ``axes`` and reconstructed 2x by zero-filling: the clean image and complex white noise both
     cut to the inner half of k-space there, the noise scaled to ``sigma`` per voxel and channel."""
-    noise = cut_k_space(rng.normal(size=clean.shape) + 1j * rng.normal(size=clean.shape), axes)
+    noise = cut_k_space(_complex_noise(rng, clean.shape), axes)
     noise *= sigma / np.sqrt(np.mean(noise.real**2))
     band_limited = cut_k_space(clean, axes).real
     return np.abs(band_limited).astype(np.float32), np.abs(band_limited + noise).astype(np.float32)
@@ -359,10 +369,9 @@ def partial_fourier_scan(clean: np.ndarray, sigma: float, rng: np.random.Generat
     per channel, reconstructed from 6/8 of its k-space along ``axis`` (the outer quarter on the
     negative side zero-filled, as a partial Fourier acquisition without homodyne or POCS)."""
     n = clean.shape[axis]
-    kept = (np.fft.fftfreq(n) * n >= -n / 4).reshape([-1 if index == axis else 1 for index in range(clean.ndim)])
+    kept = _along(np.fft.fftfreq(n) * n >= -n / 4, axis, clean.ndim)
 
     def reconstructed(volume):
         return np.abs(np.fft.ifft(np.fft.fft(volume, axis=axis) * kept, axis=axis)).astype(np.float32)
 
-    noise = rng.normal(size=clean.shape) + 1j * rng.normal(size=clean.shape)
-    return reconstructed(clean), reconstructed(clean + sigma * noise)
+    return reconstructed(clean), reconstructed(clean + sigma * _complex_noise(rng, clean.shape))
