@@ -145,6 +145,8 @@ class DenoiseResult:
     notes: list[str] = field(default_factory=list)
     # What the volume was divided by to make its noise uniform (``noise_map``); None: one sigma.
     relative_noise: Optional[np.ndarray] = None
+    # NumPy axes along which the image looked zero-filled 2x, each grid denoised apart (``zero_filling``).
+    zero_filled: tuple[int, ...] = ()
 
     def noise_level(self) -> np.ndarray:
         """The noise sigma denoising assumed at each voxel, in the input's units."""
@@ -286,7 +288,7 @@ class DenoisePipeline:
         return DenoiseResult(
             denoised=denoised, residual=residual, bias_field=bias_field, sigma=float(sigma),
             sigma_percent=100.0 * float(sigma) / scale, device=chosen.type,
-            seconds=seconds, notes=notes, relative_noise=relative_noise,
+            seconds=seconds, notes=notes, relative_noise=relative_noise, zero_filled=zero_filled,
         )
 
     def _denoise_uniform(self, uniform: np.ndarray, sigma: float, spacing: tuple[float, float, float],

@@ -49,6 +49,7 @@ def test_zero_filled_noise_is_denoised_at_its_level_on_the_sampled_grids_and_the
     # a sigma given: the sampled grids all the same, the same output
     given = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=result.sigma)
     np.testing.assert_array_equal(given.denoised, result.denoised)
+    assert result.zero_filled == given.zero_filled == (1, 2) and uncorrected.zero_filled == (1, 2)
     assert given.notes[0].endswith("neighbouring voxels: each of the 4 grids it was sampled on was denoised apart")
     np.testing.assert_array_equal(noisy, before)
 

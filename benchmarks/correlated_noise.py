@@ -44,7 +44,6 @@ from real_noise import SERIES, load_series
 from MRIDenoiseLib.benchmark_cases import cut_k_space, partial_fourier_scan, zero_filled_scan
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
-from MRIDenoiseLib.noise import estimate_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
 from MRIDenoiseLib.zero_filling import MIN_SEGMENTS, MIN_STEP, SEGMENT, half_nyquist_steps, zero_filled_gain
 
@@ -89,14 +88,13 @@ def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
             make = (lambda c, s, r: zero_filled_scan(c, s, r, IN_PLANE)) if kind == "scanner" else noise_only_case
             reference, noisy = make(clean, sigma, rng)
             lag = lag_correlation(noisy - reference, reference > 0.5 * reference.max())
-            estimate = estimate_noise(noisy)
             ours = pipeline.run(noisy, xyz, bias_correction=False)
             results = [noisy, run_dipy(noisy) if peers else None, run_ants(noisy, xyz) if peers else None, ours.denoised,
                        pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised]
-            found = ", ".join("KJI"[axis] for axis in estimate.zero_filled) or "none"
+            found = ", ".join("KJI"[axis] for axis in ours.zero_filled) or "none"
             print(f"| {kind} | {case.name} | {percent}% | {lag:.2f} | "
                   + " / ".join(f"{step:.2f}" for step in steps(noisy, IN_PLANE)) + f" | {found} | "
-                  f"{estimate.sigma * zero_filled_gain(estimate.zero_filled) / sigma:.2f}, {estimate.sigma / sigma:.2f} | "
+                  f"{ours.sigma * zero_filled_gain(ours.zero_filled) / sigma:.2f}, {ours.sigma / sigma:.2f} | "
                   + " | ".join("—" if volume is None else f"{psnr(reference, volume, mask):.2f}" for volume in results)
                   + " |", flush=True)
 
