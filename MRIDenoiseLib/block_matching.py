@@ -30,11 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .dct_wiener import BLOCK, dct_basis, overlap_sums, rician_amplitude, rician_mean
 from .worker_threads import one_thread_per_operation
+from .zero_filling import half_band_dct_shares
 
 STEP = 3
 RADIUS = 3
@@ -67,11 +69,14 @@ def block_matched_wiener(
     radius: int = RADIUS,
     matches: int = MATCHES,
     progress: Optional[Callable[[float], None]] = None,
+    band_limited: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """The grouped Wiener estimate of the amplitude under ``noisy`` (a 3-D magnitude volume), with
     groups matched and gains taken on ``pilot`` (an amplitude estimate of the same shape).
     ``progress`` is told the share done after each chunk of reference windows, on the calling
-    thread (and may raise to stop)."""
+    thread (and may raise to stop). Along ``band_limited`` (axes of ``noisy``) the noise is
+    zero-filled 2x (``zero_filling``): each window coefficient's noise variance is then sigma²
+    times its ``half_band_dct_shares`` along those axes, not sigma²."""
     extra, corners = reference_grid(noisy.shape, block, step)
     # The workers share out the reference planes along the first axis, so the axis with the most
     # goes first (not a thick-slice volume's few slices); by the shape alone, so that the output
@@ -82,7 +87,11 @@ def block_matched_wiener(
     noisy, pilot = noisy.permute(order), pilot.permute(order)
     extra, corners = [extra[axis] for axis in order], [corners[axis] for axis in order]
     padded = (replicate_padded(volume, extra, radius) for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
-    groups = WindowGroups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3))
+    coefficient_noise = None
+    if band_limited:
+        shares = [torch.from_numpy(half_band_dct_shares(block) if axis in band_limited else np.ones(block)) for axis in order]
+        coefficient_noise = (sigma * sigma * torch.kron(torch.kron(shares[0], shares[1]), shares[2])).float().to(noisy.device)
+    groups = WindowGroups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3), coefficient_noise)
     shape = groups.noisy.shape
     threads = torch.get_num_threads() if noisy.device.type == "cpu" else 1
     total, corner_weight = _filter_in_phases(groups, corners, threads, progress)
@@ -196,9 +205,11 @@ class WindowGroups:
     through the Rician mean, padded alike), filtered and added to running sums."""
 
     def __init__(self, noisy: torch.Tensor, expected: torch.Tensor, sigma: float, block: int, step: int,
-                 radius: int, matches: int):
+                 radius: int, matches: int, coefficient_noise: torch.Tensor | None = None):
         device = noisy.device
         self.expected, self.sigma, self.matches = expected, sigma, matches
+        # Each window coefficient's noise variance where the noise is not white; else sigma².
+        self.coefficient_noise = coefficient_noise
         self.block, self.step, self.radius = block, step, radius
         self.offsets = torch.tensor(list(itertools.product(range(-radius, radius + 1), repeat=3)))
         self.itself = (self.offsets == 0).all(dim=1)
@@ -217,9 +228,10 @@ class WindowGroups:
     def wiener(self, coefficients: torch.Tensor, pilot_coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(each window's estimate, as ``coefficients``: window in group, reference, voxel; each
         group's weight): every noisy coefficient kept in the share P² / (P² + σ²) of the pilot's
-        P, the group back to windows, weighed by BM3D's 1 / Σ gain²."""
+        P (σ² each coefficient's own where the noise is not white), the group back to windows,
+        weighed by BM3D's 1 / Σ gain²."""
         power = pilot_coefficients.square()
-        gain = power / (power + self.sigma * self.sigma)
+        gain = power / (power + (self.sigma * self.sigma if self.coefficient_noise is None else self.coefficient_noise))
         weight = gain.square().sum(dim=(0, 2)).clamp(min=1e-3).reciprocal()
         return torch.einsum("kj,krc->jrc", self.group_transform, coefficients * gain) @ self.window_transform, weight
 

@@ -70,18 +70,27 @@ def pilot_step(volume: np.ndarray, sigma: float, kernel: tuple[int, int, int], d
 
 
 def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: torch.device, search: tuple[int, int],
-                progress: Callable[[float], None], on_fallback: Callable[[str], None]) -> np.ndarray:
+                progress: Callable[[float], None], on_fallback: Callable[[str], None],
+                band_limited: tuple[int, ...] = ()) -> np.ndarray:
     """``block_matched_wiener`` of ``volume`` with ``pilot`` on ``device``, within ``search`` (radius,
-    windows per group); a GPU out-of-memory error is retried on the CPU (as the network's pass
-    is), and ``on_fallback`` is told."""
+    windows per group), its noise zero-filled along ``band_limited``; a GPU out-of-memory error
+    is retried on the CPU (as the network's pass is), and ``on_fallback`` is told."""
     radius, matches = search
 
     def on(where: torch.device) -> np.ndarray:
         with torch.inference_mode():
             return block_matched_wiener(torch.from_numpy(volume).to(where), torch.from_numpy(pilot).to(where), sigma,
-                                        radius=radius, matches=matches, progress=progress).cpu().numpy()
+                                        radius=radius, matches=matches, progress=progress,
+                                        band_limited=band_limited).cpu().numpy()
 
     return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
+
+
+def step_device(chosen: torch.device, fallbacks: list[str]) -> torch.device:
+    """Where the grouped step runs: on ``chosen`` where it is a CUDA device and has not run out of
+    memory (``fallbacks`` empty), else on the CPU. Not on MPS: its i0e and i1e (the Rician mean)
+    came with torch 2.7, and the step is untested there."""
+    return chosen if chosen.type == "cuda" and not fallbacks else resolve_device("cpu")
 
 
 def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, noise_map: bool,
@@ -112,19 +121,22 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
     return found.on_grid(volume.shape)
 
 
-def zero_filled_note(axes: tuple[int, ...], estimated: bool) -> str:
+def zero_filled_note(axes: tuple[int, ...], estimated: bool, whole_image: bool) -> str:
     """What the user is told where the image looks zero-filled along ``axes`` (NumPy's), and
-    sigma was ``estimated`` (else given).
+    sigma was ``estimated`` (else given), and the grids' result guided a ``whole_image`` step.
 
-    >>> zero_filled_note((1, 2), True).split(", so")[0]
+    >>> zero_filled_note((1, 2), True, True).split(", so")[0]
     'the image looks interpolated 2x by zero-filling k-space along its I and J axes'
-    >>> zero_filled_note((0,), True).split(": ")[1].split(", and ")[0]
+    >>> zero_filled_note((0,), True, True).split(": ")[1].split(", and ")[0]
     'sigma was estimated for that (1.66 times what white noise would give)'
-    >>> zero_filled_note((0,), False).split(": ")[1]
+    >>> zero_filled_note((0,), False, True).split(": ")[1]
+    'each of the 2 grids it was sampled on was denoised apart, then the whole image, guided by their result'
+    >>> zero_filled_note((0,), False, False).split(": ")[1]
     'each of the 2 grids it was sampled on was denoised apart'
     """
     names = " and ".join("KJI"[axis] for axis in sorted(axes, reverse=True))
-    grids = f"each of the {2 ** len(axes)} grids it was sampled on was denoised apart"
+    grids = (f"each of the {2 ** len(axes)} grids it was sampled on was denoised apart"
+             + (", then the whole image, guided by their result" if whole_image else ""))
     return (f"the image looks interpolated 2x by zero-filling k-space along its {names} ax{'es' if len(axes) > 1 else 'is'}, "
             "so its noise is correlated between neighbouring voxels: "
             + (f"sigma was estimated for that ({1 / zero_filled_gain(axes):.2f} times what white noise would give), and "
@@ -145,7 +157,7 @@ class DenoiseResult:
     notes: list[str] = field(default_factory=list)
     # What the volume was divided by to make its noise uniform (``noise_map``); None: one sigma.
     relative_noise: Optional[np.ndarray] = None
-    # NumPy axes along which the image looked zero-filled 2x, each grid denoised apart (``zero_filling``).
+    # NumPy axes along which the image looked zero-filled 2x (``zero_filling``).
     zero_filled: tuple[int, ...] = ()
 
     def noise_level(self) -> np.ndarray:
@@ -208,7 +220,8 @@ class DenoisePipeline:
         Where the noise level varies across the image (``noise_field``), ``noise_map`` denoises it
         divided by the estimated field and multiplies the field back (``sigma`` is then the level of
         the image so divided); without it a note says so. Where the image looks interpolated 2x by
-        zero-filling (``zero_filling``), each grid it was sampled on is denoised apart, with a note.
+        zero-filling (``zero_filling``), each grid it was sampled on is denoised apart and their
+        result guides the grouped step over the whole image, told how its noise is spread, with a note.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -238,7 +251,7 @@ class DenoisePipeline:
                              f"its robust maximum ({scale:.4g})")
         zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
         if zero_filled:
-            notes.append(zero_filled_note(zero_filled, estimated))
+            notes.append(zero_filled_note(zero_filled, estimated, grouped))
         seconds[STAGE_NOISE] = time.perf_counter() - started
         report(STAGE_NOISE, 1.0)
         raise_if_cancelled(cancel)
@@ -246,14 +259,23 @@ class DenoisePipeline:
         chosen = resolve_device(device)
         started = time.perf_counter()
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
-        # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
+        search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
+        # A zero-filled image is denoised on each grid it was sampled on, where its noise is white;
+        # a magnitude image's grids then guide the grouped step over the whole image, told how
+        # its noise is spread over a window's frequencies (``zero_filling.half_band_dct_shares``).
         grids, grid_spacing = sampled_grids(zero_filled), sampled_spacing(spacing, zero_filled)
+        whole_image_step = grouped and len(grids) > 1
+        grids_share = 0.5 if whole_image_step else 1.0
 
         def denoise_grid(number: int, grid: tuple[slice, slice, slice]) -> np.ndarray:
             return self._denoise_uniform(
                 np.ascontiguousarray(uniform[grid]), sigma, grid_spacing, chosen, grouped,
-                preserve_detail, thorough, scale if relative_noise is None else None,
-                lambda fraction: report(STAGE_DENOISE, (number + fraction) / len(grids)), cancel, fallbacks)
+                preserve_detail, search, scale if relative_noise is None else None,
+                lambda fraction: report(STAGE_DENOISE, grids_share * (number + fraction) / len(grids)), cancel, fallbacks)
+
+        def whole_image_progress(fraction: float) -> None:
+            report(STAGE_DENOISE, grids_share + (1 - grids_share) * fraction)
+            raise_if_cancelled(cancel)
 
         if len(grids) == 1:
             denoised = denoise_grid(0, grids[0])  # no copy of the volume where there is one grid
@@ -261,6 +283,11 @@ class DenoisePipeline:
             denoised = np.empty_like(uniform)
             for number, grid in enumerate(grids):
                 denoised[grid] = denoise_grid(number, grid)
+        if whole_image_step:
+            denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
+                                   whole_image_progress, fallbacks.append, band_limited=zero_filled)
+        if preserve_detail:
+            denoised = restore_local_means(uniform, denoised, sigma, tuple(reversed(spacing)))
         if fallbacks:
             chosen = resolve_device("cpu")
         if not grouped:
@@ -292,12 +319,12 @@ class DenoisePipeline:
         )
 
     def _denoise_uniform(self, uniform: np.ndarray, sigma: float, spacing: tuple[float, float, float],
-                         chosen: torch.device, grouped: bool, preserve_detail: bool, thorough: bool,
+                         chosen: torch.device, grouped: bool, preserve_detail: bool, search: tuple[int, int],
                          pilot_scale: float | None, progress: Callable[[float], None],
                          cancel: Optional[Callable[[], bool]], fallbacks: list[str]) -> np.ndarray:
         """The denoising stage of ``run`` on an image whose noise is white and of one ``sigma``:
-        the pilot (or the network), the grouped Wiener step, the local means given back;
-        ``fallbacks`` hears where the GPU ran out of memory."""
+        the pilot (or, with ``preserve_detail``, the network), the grouped Wiener step within
+        ``search``; ``fallbacks`` hears where the GPU ran out of memory."""
         kernel = local_mean_kernel(tuple(reversed(spacing)))
         # With --preserve-detail the network's output (its guide not given back the lost local
         # mean, which keeps faint lesions apart) is the grouped step's pilot.
@@ -315,16 +342,11 @@ class DenoisePipeline:
             )
         if grouped:
             raise_if_cancelled(cancel)
-            # Not on MPS: its i0e and i1e (the Rician mean) came with torch 2.7, and the step is
-            # untested there. After a fallback, on the CPU.
-            on_device = chosen if chosen.type == "cuda" and not fallbacks else resolve_device("cpu")
 
             def wiener_progress(fraction):
                 progress(first_share + (1 - first_share) * fraction)
                 raise_if_cancelled(cancel)
 
-            search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
-            denoised = wiener_step(uniform, denoised, sigma, on_device, search, wiener_progress, fallbacks.append)
-        if preserve_detail:
-            denoised = restore_local_means(uniform, denoised, sigma, tuple(reversed(spacing)))
+            denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search, wiener_progress,
+                                   fallbacks.append)
         return denoised
