@@ -17,7 +17,8 @@ seeded draw each, zero-filled along the two in-plane axes (the last two NumPy ax
 PSNR inside the clean case's head mask (peak = the reference's maximum) of the noisy input, DIPY
 and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise (its own sigma estimate, which looks
 for the cut: ``zero_filling``, and where it finds one denoises each grid the scan was sampled on
-apart), and MRIDenoise given the true sigma (``--sigma``); with the noise's lag-1 correlation
+apart, then the whole image with their result as the pilot and gains that know the noise's
+spectrum), and MRIDenoise given the true sigma (``--sigma``); with the noise's lag-1 correlation
 along the last axis (in bright tissue), the step in the power spectrum at half Nyquist beyond the
 slope beside it on each in-plane axis, the axes the estimate took as zero-filled, and the
 estimate over the true sigma, as the finest detail reads it (white noise assumed, as before the
