@@ -274,7 +274,7 @@ class DenoisePipeline:
         # Where one or two axes are (in-plane interpolation), a magnitude image's grids then guide
         # the grouped step over the whole image, told how its noise is spread over a window's
         # frequencies (``zero_filling.half_band_dct_shares``). Along all three that step lost up to
-        # 0.4 dB (a window of 4 voxels holds 2 samples along each axis): the grids stay apart.
+        # 0.37 dB (a window of 4 voxels holds 2 samples along each axis): the grids stay apart.
         grids, grid_spacing = sampled_grids(zero_filled), sampled_spacing(spacing, zero_filled)
         whole_image_step = whole_image_zero_filled(zero_filled, grouped)
         grids_share = 0.5 if whole_image_step else 1.0

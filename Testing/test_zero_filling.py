@@ -51,13 +51,13 @@ def test_zero_filled_noise_is_denoised_at_its_level_on_the_sampled_grids_and_the
     # a sigma given: the sampled grids all the same, the same output
     given = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=result.sigma)
     np.testing.assert_array_equal(given.denoised, result.denoised)
+    assert given.notes[0].endswith("neighbouring voxels: each of the 4 grids it was sampled on was denoised apart, then "
+                                   "the whole image, guided by their result")
     assert result.zero_filled == given.zero_filled == (1, 2) and uncorrected.zero_filled == (1, 2)
     # --preserve-detail: the local means given back over the whole image, after its step
     detail = pipeline.run(noisy, (1.0, 1.0, 1.0), bias_correction=False, preserve_detail=True)
     error_detail = np.sqrt(np.mean((detail.denoised - reference)[head] ** 2))
     assert error_detail < 0.6 * error_noisy and detail.notes == result.notes  # measured: 3.16
-    assert given.notes[0].endswith("neighbouring voxels: each of the 4 grids it was sampled on was denoised apart, then "
-                                   "the whole image, guided by their result")
     np.testing.assert_array_equal(noisy, before)
 
 
