@@ -13,12 +13,8 @@ given the true sigma (``--sigma``). 27 cases, a few minutes.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
-from quality import CaseMaker, run_ants, run_dipy, superior_axis
+from quality import Colin27Sweep, run_ants, run_dipy, superior_axis
 
 from MRIDenoiseLib.benchmark_cases import CONTRASTS, remap_contrast, thick_slices
 from MRIDenoiseLib.mask import head_mask
@@ -71,31 +67,19 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, help="write the markdown table here as well")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args()
-    maker, pipeline = CaseMaker(args.data), DenoisePipeline()
-    image, t1 = maker.scan("Colin27")
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    sweep = Colin27Sweep.from_command_line(__doc__.splitlines()[0])
     rows = []
     for across, in_plane in VOXELS:
         for contrast in CONTRASTS:
-            clean, coarse_spacing = coarse(remap_contrast(t1, contrast, spacing), spacing, superior_axis(image),
-                                           across, in_plane)
+            clean, coarse_spacing = coarse(remap_contrast(sweep.t1, contrast, sweep.spacing), sweep.spacing,
+                                           superior_axis(sweep.image), across, in_plane)
             for seed, percent in enumerate(NOISE):
                 row = {"voxels": f"{in_plane} x {in_plane} x {across}", "contrast": contrast, "noise": percent,
-                       **run_case(pipeline, clean, coarse_spacing, percent, seed)}
+                       **run_case(sweep.pipeline, clean, coarse_spacing, percent, seed)}
                 rows.append(row)
                 print(f"{row['voxels']} {contrast} {percent:g}%: sigma/true {row['sigma / true']:.2f} "
                       + " ".join(f"{m} {row[m]['psnr']:.2f}" for m in METHODS), flush=True)
-    text = markdown(rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    sweep.write(markdown(rows), rows)
 
 
 if __name__ == "__main__":

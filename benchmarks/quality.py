@@ -213,6 +213,37 @@ class CaseMaker:
         return clean.astype(np.float32), spacing, lesions, axis
 
 
+@dataclass(frozen=True)
+class Colin27Sweep:
+    """What a sweep over Colin27's acquisitions starts from (``benchmarks/slice_thickness.py``,
+    ``benchmarks/coarse_low_noise.py``): its arguments (``--data``, ``--out``, ``--json``), the
+    scan as read and as an array, its spacing per NumPy axis, and a pipeline."""
+
+    args: argparse.Namespace
+    image: sitk.Image
+    t1: np.ndarray
+    spacing: tuple[float, float, float]
+    pipeline: DenoisePipeline
+
+    @classmethod
+    def from_command_line(cls, description: str) -> "Colin27Sweep":
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--data", type=Path, required=True)
+        parser.add_argument("--out", type=Path, help="write the markdown table here as well")
+        parser.add_argument("--json", type=Path, help="write every figure here")
+        args = parser.parse_args()
+        image, t1 = CaseMaker(args.data).scan("Colin27")
+        return cls(args, image, t1, tuple(float(s) for s in reversed(image.GetSpacing())), DenoisePipeline())
+
+    def write(self, text: str, rows: list[dict]) -> None:
+        """Print the table ``text``; write it to ``--out`` and ``rows`` to ``--json`` where asked."""
+        print(text)
+        if self.args.out:
+            self.args.out.write_text(text + "\n")
+        if self.args.json:
+            self.args.json.write_text(json.dumps(rows, indent=1))
+
+
 def case_noise(clean: np.ndarray, percent: int) -> np.ndarray:
     """The case's noisy volume: Rician noise of ``percent``% of the clean maximum, one fixed draw per level."""
     return add_rician_noise(clean, percent / 100 * float(clean.max()), np.random.default_rng(1000 + percent))

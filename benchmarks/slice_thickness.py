@@ -13,13 +13,9 @@ them, and MRIDenoise's default (no N4). 63 cases; ANTs takes most of the half ho
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import SimpleITK as sitk
-from quality import CaseMaker, case_noise, run_ants, run_dipy, superior_axis
+from quality import Colin27Sweep, case_noise, run_ants, run_dipy, superior_axis
 
 from MRIDenoiseLib.benchmark_cases import CONTRASTS, remap_contrast, thick_slices
 from MRIDenoiseLib.mask import head_mask
@@ -76,31 +72,19 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, help="write the markdown table here as well")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args()
-    maker, pipeline = CaseMaker(args.data), DenoisePipeline()
-    image, t1 = maker.scan("Colin27")
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    sweep = Colin27Sweep.from_command_line(__doc__.splitlines()[0])
     rows = []
-    for mm, axis in acquisitions(superior_axis(image)):
+    for mm, axis in acquisitions(superior_axis(sweep.image)):
         for contrast in CONTRASTS:
-            clean, thick_spacing = thick_slices(remap_contrast(t1, contrast, spacing), spacing, axis, mm)
+            clean, thick_spacing = thick_slices(remap_contrast(sweep.t1, contrast, sweep.spacing), sweep.spacing, axis, mm)
             clean = clean.astype(np.float32)
             for percent in NOISE:
-                row = {"mm": mm, "orientation": orientation(image, axis), "contrast": contrast, "noise": percent,
-                       **run_case(pipeline, clean, thick_spacing, percent)}
+                row = {"mm": mm, "orientation": orientation(sweep.image, axis), "contrast": contrast, "noise": percent,
+                       **run_case(sweep.pipeline, clean, thick_spacing, percent)}
                 rows.append(row)
                 print(f"{mm} mm {row['orientation']} {contrast} {percent}%: "
                       + " ".join(f"{m} {row[m]['psnr']:.2f}" for m in METHODS), flush=True)
-    text = markdown(rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    sweep.write(markdown(rows), rows)
 
 
 if __name__ == "__main__":
