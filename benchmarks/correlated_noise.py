@@ -3,16 +3,18 @@
     python benchmarks/correlated_noise.py --data ../shared/data [--no-peers]
 
 Many scanners reconstruct on a finer grid than they sample (2x in-plane "zero-filled
-interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Two
+interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Three
 kinds of case, made from the quality benchmark's held-out scans (``quality.CaseMaker``), one
-seeded draw each, zero-filled along the two in-plane axes (the last two NumPy axes):
+seeded draw each, the first two zero-filled along the last two NumPy axes:
 
 - scanner: the scan sampled at half the in-plane resolution and reconstructed 2x, anatomy and
   noise both cut to the inner half of k-space (``benchmark_cases.zero_filled_scan``); scored
   against the clean scan so cut;
 - noise only: the anatomy at full resolution, each channel of the Rician noise cut so (the
   first version of this benchmark; no scanner makes it, and the cut is harder to see under the
-  anatomy); scored against the clean scan.
+  anatomy); scored against the clean scan;
+- scanner, through-plane: as the scanner kind, but zero-filled along superior-inferior alone
+  (slice interpolation of an axial acquisition, as GE's ZIP2 makes it).
 
 PSNR inside the clean case's head mask (peak = the reference's maximum) of the noisy input, DIPY
 and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise (its own sigma estimate, which looks
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy
+from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy, superior_axis
 from real_noise import SERIES, load_series
 
 from MRIDenoiseLib.benchmark_cases import cut_k_space, partial_fourier_scan, zero_filled_scan
@@ -53,15 +55,18 @@ CASES_SCANNER = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("IXI080", "T2")
                  (Case("Colin27", "T1", block=2), 3), (Case("Colin27", "T2", block=2), 5),
                  (Case("Colin27", "PD", block=2), 9)]
 CASES_NOISE_ONLY = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("Colin27", "T2", block=2), 5)]
+# Zero-filled through-plane (slice interpolation, GE's ZIP2): along superior-inferior only.
+CASES_THROUGH_PLANE = [(Case("IXI080"), 5), (Case("Colin27", "T2", block=2), 5), (Case("Colin27", "PD", block=2), 9)]
 
 
 def steps(volume: np.ndarray, axes=(0, 1, 2)) -> list[float]:
     return [step for axis, step in half_nyquist_steps(volume).items() if axis in axes]
 
 
-def lag_correlation(noise: np.ndarray, where: np.ndarray) -> float:
-    """Correlation of neighbours along the last axis, over pairs both in ``where`` (bright tissue,
+def lag_correlation(noise: np.ndarray, where: np.ndarray, axis: int = 2) -> float:
+    """Correlation of neighbours along ``axis``, over pairs both in ``where`` (bright tissue,
     where the magnitude's noise is close to the real channel's)."""
+    noise, where = np.moveaxis(noise, axis, -1), np.moveaxis(where, axis, -1)
     both = where[..., 1:] & where[..., :-1]
     return float(np.corrcoef(noise[..., 1:][both], noise[..., :-1][both])[0, 1])
 
@@ -78,23 +83,26 @@ def noise_only_case(clean: np.ndarray, sigma: float, rng: np.random.Generator) -
 
 
 def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
-    print("| kind | case | noise | lag-1 correlation | step at half Nyquist (J, I) | axes found | estimate / true "
+    print("| kind | case | noise | lag-1 correlation (last cut axis) | step at half Nyquist (cut axes) | axes found | "
+          "estimate / true "
           "sigma: as white, corrected | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, true sigma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind, cases in (("scanner", CASES_SCANNER), ("noise only", CASES_NOISE_ONLY)):
+    for kind, cases in (("scanner", CASES_SCANNER), ("noise only", CASES_NOISE_ONLY),
+                        ("scanner, through-plane", CASES_THROUGH_PLANE)):
         for case, percent in cases:
             clean, spacing, _, _ = maker.clean(case)
             mask, xyz = head_mask(clean), tuple(reversed(spacing))
             sigma, rng = percent / 100 * float(clean.max()), np.random.default_rng(5)
-            make = (lambda c, s, r: zero_filled_scan(c, s, r, IN_PLANE)) if kind == "scanner" else noise_only_case
+            cut = (superior_axis(maker.scan(case.scan)[0]),) if kind == "scanner, through-plane" else IN_PLANE
+            make = (lambda c, s, r: zero_filled_scan(c, s, r, cut)) if kind.startswith("scanner") else noise_only_case
             reference, noisy = make(clean, sigma, rng)
-            lag = lag_correlation(noisy - reference, reference > 0.5 * reference.max())
+            lag = lag_correlation(noisy - reference, reference > 0.5 * reference.max(), cut[-1])
             ours = pipeline.run(noisy, xyz, bias_correction=False)
             results = [noisy, run_dipy(noisy) if peers else None, run_ants(noisy, xyz) if peers else None, ours.denoised,
                        pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised]
             found = ", ".join("KJI"[axis] for axis in ours.zero_filled) or "none"
             print(f"| {kind} | {case.name} | {percent}% | {lag:.2f} | "
-                  + " / ".join(f"{step:.2f}" for step in steps(noisy, IN_PLANE)) + f" | {found} | "
+                  + " / ".join(f"{step:.2f}" for step in steps(noisy, cut)) + f" | {found} | "
                   f"{ours.sigma * zero_filled_gain(ours.zero_filled) / sigma:.2f}, {ours.sigma / sigma:.2f} | "
                   + " | ".join("—" if volume is None else f"{psnr(reference, volume, mask):.2f}" for volume in results)
                   + " |", flush=True)
