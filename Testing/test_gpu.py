@@ -58,10 +58,11 @@ def test_the_wiener_step_gives_the_cpus_result_on_the_gpu(epi_pair, network):
     first, second = (torch.from_numpy(volume.astype(np.float32)) for volume in epi_pair)
     sigma = estimate_sigma(epi_pair[0])
     pilot = torch.from_numpy(denoise_volume(epi_pair[0], sigma, network, "cpu"))
-    on_cpu = block_matched_wiener(first, pilot, sigma)
-    on_gpu = block_matched_wiener(first.cuda(), pilot.cuda(), sigma).cpu()
-    assert float((on_gpu - on_cpu).abs().median()) < 1e-4 * float(first.max())
-    assert float((on_gpu - second).square().mean()) == pytest.approx(float((on_cpu - second).square().mean()), rel=1e-3)
+    for band_limited in ((), (1, 2)):  # white noise, and the gains of a zero-filled image's whole-image step
+        on_cpu = block_matched_wiener(first, pilot, sigma, band_limited=band_limited)
+        on_gpu = block_matched_wiener(first.cuda(), pilot.cuda(), sigma, band_limited=band_limited).cpu()
+        assert float((on_gpu - on_cpu).abs().median()) < 1e-4 * float(first.max())
+        assert float((on_gpu - second).square().mean()) == pytest.approx(float((on_cpu - second).square().mean()), rel=1e-3)
 
 
 def test_the_default_gives_the_cpus_result_on_the_gpu(epi_pair):
