@@ -86,6 +86,22 @@ def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: tor
     return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
 
 
+def after_share(progress: Callable[[float], None], done: float,
+                cancel: Optional[Callable[[], bool]]) -> Callable[[float], None]:
+    """A step's progress callback: ``progress`` told the share ``done`` before the step plus the
+    rest times the step's own share; then Cancelled raised where ``cancel`` asks for it.
+
+    >>> told = []
+    >>> after_share(told.append, 0.25, None)(0.5); told
+    [0.625]
+    """
+    def told(fraction: float) -> None:
+        progress(done + (1 - done) * fraction)
+        raise_if_cancelled(cancel)
+
+    return told
+
+
 def step_device(chosen: torch.device, fallbacks: list[str]) -> torch.device:
     """Where the grouped step runs: on ``chosen`` where it is a CUDA device and has not run out of
     memory (``fallbacks`` empty), else on the CPU. Not on MPS: its i0e and i1e (the Rician mean)
@@ -285,10 +301,6 @@ class DenoisePipeline:
                 preserve_detail, search, scale if relative_noise is None else None,
                 lambda fraction: report(STAGE_DENOISE, grids_share * (number + fraction) / len(grids)), cancel, fallbacks)
 
-        def whole_image_progress(fraction: float) -> None:
-            report(STAGE_DENOISE, grids_share + (1 - grids_share) * fraction)
-            raise_if_cancelled(cancel)
-
         if len(grids) == 1:
             denoised = denoise_grid(0, grids[0])  # no copy of the volume where there is one grid
         else:
@@ -297,7 +309,8 @@ class DenoisePipeline:
                 denoised[grid] = denoise_grid(number, grid)
         if whole_image_step:
             denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
-                                   whole_image_progress, fallbacks.append, band_limited=zero_filled)
+                                   after_share(lambda fraction: report(STAGE_DENOISE, fraction), grids_share, cancel),
+                                   fallbacks.append, band_limited=zero_filled)
         # The local means given back over the voxels of the last step: each grid's where they stay apart.
         given_back, given_back_spacing = ([(slice(None),) * 3], spacing) if whole_image_step else (grids, grid_spacing)
         for grid in given_back if preserve_detail else ():
@@ -356,11 +369,6 @@ class DenoisePipeline:
             )
         if grouped:
             raise_if_cancelled(cancel)
-
-            def wiener_progress(fraction):
-                progress(first_share + (1 - first_share) * fraction)
-                raise_if_cancelled(cancel)
-
-            denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search, wiener_progress,
-                                   fallbacks.append)
+            denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
+                                   after_share(progress, first_share, cancel), fallbacks.append)
         return denoised

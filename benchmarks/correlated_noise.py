@@ -21,8 +21,8 @@ and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise (its own sigma estim
 for the cut: ``zero_filling``, and where it finds one denoises each grid the scan was sampled on
 apart, then the whole image with their result as the pilot and gains that know the noise's
 spectrum), and MRIDenoise given the true sigma (``--sigma``); with the noise's lag-1 correlation
-along the last axis (in bright tissue), the step in the power spectrum at half Nyquist beyond the
-slope beside it on each in-plane axis, the axes the estimate took as zero-filled, and the
+along the last axis that was cut (in bright tissue), the step in the power spectrum at half Nyquist
+beyond the slope beside it on each axis that was cut, the axes the estimate took as zero-filled, and the
 estimate over the true sigma, as the finest detail reads it (white noise assumed, as before the
 correction) and corrected.
 
