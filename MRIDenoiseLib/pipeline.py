@@ -115,7 +115,7 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
     ``noise_map`` asks for it and the noise varies, else None; ``notes`` hears what was found."""
     found = None
     if estimate.blocks is not None and magnitude:
-        found = estimate_noise_field(estimate.blocks, estimate.sigma)
+        found = estimate_noise_field(estimate.blocks, estimate.finest)
     if found is None or not found.varies:
         if noise_map and found is None:
             notes.append("no noise map was used: " + ("too little of the image is tissue well above the noise to "
@@ -135,6 +135,20 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
         return None
     notes.append(f"denoised against a noise map: the noise level runs {level}")
     return found.on_grid(volume.shape)
+
+
+def anatomy_note(haar_sigma: float, sigma: float, scale: float) -> str:
+    """What the user is told where the finest detail held more than white noise (``noise``,
+    ``ANATOMY_RATIO``), so that sigma was lowered from ``haar_sigma``; ``scale``: the image's
+    robust maximum.
+
+    >>> anatomy_note(3.0, 2.0, 100.0).split(": ")[1].split("; ")[0]
+    'sigma was lowered to 2 (2.00% of the robust maximum) from 3 (3.00%), which that detail gives'
+    """
+    return ("the image's finest detail holds more than white noise (anatomy, as at coarse voxels and low noise, "
+            f"or noise correlated between voxels): sigma was lowered to {sigma:.4g} ({100 * sigma / scale:.2f}% of the "
+            f"robust maximum) from {haar_sigma:.4g} ({100 * haar_sigma / scale:.2f}%), which that detail gives; "
+            "if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
 
 
 def whole_image_zero_filled(axes: tuple[int, ...], magnitude: bool) -> bool:
@@ -275,6 +289,8 @@ class DenoisePipeline:
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
+        if estimated and relative_noise is None and estimate.haar_sigma is not None:
+            notes.append(anatomy_note(estimate.haar_sigma, sigma, scale))
         zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
         if zero_filled:
             notes.append(zero_filled_note(zero_filled, estimated, whole_image_zero_filled(zero_filled, grouped)))

@@ -13,13 +13,15 @@ from MRIDenoiseLib.training.real_noise import nibabel_series
 def test_denoised_first_volume_is_closer_to_the_second(epi_pair):
     first, second = epi_pair
     inside = head_mask(first)
-    denoised = DenoisePipeline().run(first, (2.0, 2.0, 2.2), bias_correction=False).denoised
+    result = DenoisePipeline().run(first, (2.0, 2.0, 2.2), bias_correction=False)
     raw_error = float(((first - second)[inside] ** 2).mean())
-    denoised_error = float(((denoised - second)[inside] ** 2).mean())
-    # Measured 158.88 against 162.25 with the automatic sigma (13.2, about 1.5x the 9 of the two
-    # volumes' difference: anatomy in the finest detail; the network's two stages 161.53): it
-    # helps, by little. Any harm fails.
-    assert denoised_error < raw_error
+    denoised_error = float(((result.denoised - second)[inside] ** 2).mean())
+    # Measured 156.72 against 162.25 (0.966). The finest Haar detail holds anatomy and gives sigma
+    # 13.2, about 1.5x the 9.0 of the two volumes' difference; the fourth difference finds that
+    # and the estimate is 9.10, with a note. With 13.2 it was 158.88 (0.979); the network's two
+    # stages 161.53. Any harm fails, and so does losing most of the lower sigma's gain.
+    assert denoised_error < 0.975 * raw_error
+    assert any("finest detail holds more than white noise" in note for note in result.notes)
 
 
 def test_a_series_sigma_turns_harm_into_help_on_a_coarse_fmri_volume():
