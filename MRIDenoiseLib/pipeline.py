@@ -289,7 +289,7 @@ class DenoisePipeline:
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
-        if estimated and relative_noise is None and estimate.haar_sigma is not None:
+        if estimated and relative_noise is None and estimate.lowered:
             notes.append(anatomy_note(estimate.haar_sigma, sigma, scale))
         zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
         if zero_filled:

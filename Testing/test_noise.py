@@ -109,7 +109,8 @@ def test_the_fourth_difference_block_gain_is_what_white_noise_gives():
 def test_white_noise_at_1_mm_keeps_the_haar_estimate(colin27):
     sigma = 0.05 * colin27.max()
     estimate = noise.estimate_noise(add_rician_noise(colin27, sigma, np.random.default_rng(0)))
-    assert estimate.haar_sigma is None and estimate.sigma == estimate.finest
+    assert not estimate.lowered and estimate.sigma == estimate.finest == estimate.haar_sigma
+    assert estimate.haar_sigma < 1.1 * estimate.fourth_sigma
 
 
 def test_coarse_voxels_at_low_noise_lower_sigma_toward_the_truth(colin27):
@@ -123,4 +124,4 @@ def test_coarse_voxels_at_low_noise_lower_sigma_toward_the_truth(colin27):
     estimate = noise.estimate_noise(add_rician_noise(coarse, truth, np.random.default_rng(1)))
     assert estimate.haar_sigma > 4 * truth
     assert truth < estimate.sigma < 0.65 * estimate.haar_sigma
-    assert estimate.finest == estimate.haar_sigma
+    assert estimate.lowered and estimate.finest == estimate.haar_sigma

@@ -47,9 +47,10 @@ def test_the_grouped_step_brings_a_real_epi_volume_closer_to_its_repeat(epi_pair
     network_alone = denoise_volume(first, estimate_sigma(first), pipeline.network, "cpu")
     plain = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False).denoised
     thorough = pipeline.run(first, (2.0, 2.0, 2.2), bias_correction=False, thorough=True).denoised
-    # Measured, of the raw volume's error: 0.979 by default, 0.978 with --thorough; the network's
+    # Measured, of the raw volume's error: 0.966 by default, 0.965 with --thorough (0.979 and 0.978
+    # before the estimate's fourth-difference check lowered sigma from 13.2 to 9.1); the network's
     # two stages alone (the default before the grouped step) 0.994.
-    assert max(error(plain), error(thorough)) < 0.985 * error(first)
+    assert max(error(plain), error(thorough)) < 0.975 * error(first)
     assert max(error(plain), error(thorough)) < error(network_alone) - 0.01 * error(first)
 
 

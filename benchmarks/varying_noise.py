@@ -57,7 +57,7 @@ def g_factor(shape, low: float = 0.6, high: float = 1.5) -> np.ndarray:
 
 def field_of(volume: np.ndarray):
     estimate = estimate_noise(volume)
-    return estimate_noise_field(estimate.blocks, estimate.sigma) if estimate.blocks is not None else None
+    return estimate_noise_field(estimate.blocks, estimate.finest) if estimate.blocks is not None else None
 
 
 def spread_of(volume: np.ndarray) -> str:
