@@ -50,12 +50,27 @@ SAMPLED_ABOVE = 1 << 21
 # scanners apply. What tells the two apart is how unevenly the Haar detail fills the blocks: the
 # 25th percentile of the blocks' RMS over their 2nd (BLOCK_PERCENTILE) is 1.13 in white noise
 # and 1.13-1.24 in low-passed noise, stationary both, and 1.19-2.5 where anatomy fills the
-# detail. Only anatomy moves sigma toward the fourth difference's estimate (the Haar one is
-# 1.5-5.4 times the truth there, the fourth difference's less), weighted by ANATOMY_SPREAD's
-# ramp; low-passed noise, which the Haar detail sees only part of, must not be taken lower.
+# detail. Anatomy moves sigma toward the fourth difference's estimate (the Haar one is 1.5-5.4
+# times the truth there, the fourth difference's less), weighted by ANATOMY_SPREAD's ramp, but
+# not past a ratio of ANATOMY_CEILING: anatomy keeps it below about 1.8, while noise the Haar
+# detail barely sees takes it higher (zero-filled noise the detection missed: 2.2 and 4.3, the
+# Haar estimate 0.43 of the truth, its detail mostly anatomy).
+# Low-passed noise, of which the Haar detail sees only 0.35-0.79, moves it toward what detrended
+# blocks read (``_detrended_sigma``), as far as the spread says noise and as far as that reading
+# holds from 6- to 8-cubed blocks (``DETRENDED_GROWTH``).
 FOURTH_DIFFERENCE = np.array([1, -4, 6, -4, 1], dtype=np.float32) / np.float32(np.sqrt(70.0))
 ANATOMY_RATIO = (1.2, 1.4)
 ANATOMY_SPREAD = (1.2, 1.3)
+ANATOMY_CEILING = (1.9, 2.1)
+# Each voxel's sigma, whatever low-pass window made the noise: the 2nd percentile of the RMS of
+# tissue blocks less their mean and linear trend (chi-square with size³ - 4 degrees of freedom in
+# white noise). With 8-cubed blocks it reads 1.04-1.13 of the sigma on 1 mm and 2 mm brains with
+# white or Fermi-, Hamming- or Hann-windowed noise (the flattest tissue's texture adds a little).
+# Where anatomy fills the blocks it reads 2-16 times the sigma, and grows with the block: from 6
+# to 8 voxels by 1.03-1.07 in white and windowed noise, by 1.26-1.30 on coarse T1 scans whose
+# spread looks like noise. Above DETRENDED_GROWTH[0] its weight falls, to none at [1].
+DETRENDED_BLOCKS = (6, 8)
+DETRENDED_GROWTH = (1.1, 1.2)
 # BLOCK_PERCENTILE's block RMS fourth difference over sigma in white noise: 0.6994 (standard error
 # 0.0003) over 20 draws of 190-cubed Gaussian noise. The chi-square of ``block_percentile_gain``
 # would say 0.662: its correlations reach four voxels, where the approximation is 5% off.
@@ -155,6 +170,8 @@ class NoiseEstimate:
     haar_sigma: float | None = None
     fourth_sigma: float | None = None
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)
+    # ``_detrended_sigma`` with 6- and 8-cubed blocks, where the noise looked low-passed
+    detrended_sigmas: tuple[float | None, float | None] | None = None
 
     @property
     def finest(self) -> float:
@@ -165,6 +182,11 @@ class NoiseEstimate:
     def lowered(self) -> bool:
         """Whether the fourth difference found anatomy and lowered sigma from the Haar detail's."""
         return self.haar_sigma is not None and self.sigma < self.haar_sigma
+
+    @property
+    def raised(self) -> bool:
+        """Whether the noise looked low-passed and sigma was raised from the Haar detail's."""
+        return self.haar_sigma is not None and self.sigma > self.haar_sigma
 
 
 def _fourth_difference_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float) -> float | None:
@@ -191,24 +213,62 @@ def _fourth_difference_sigma(image: np.ndarray, smooth: np.ndarray, threshold: f
     return float(np.percentile(rms, BLOCK_PERCENTILE)) / FOURTH_DIFFERENCE_GAIN
 
 
-def discounted_for_anatomy(haar: float, fourth: float | None, spread: float | None) -> float:
-    """Sigma from the Haar estimate, moved toward the fourth difference's as far as the detail
-    looks like anatomy: the product of a ramp in their ratio (``ANATOMY_RATIO``) and one in the
-    Haar blocks' ``spread`` (``ANATOMY_SPREAD``), geometrically.
+def _detrended_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float, size: int) -> float | None:
+    """Each voxel's sigma from the 2nd percentile RMS of ``size``-cubed blocks less their mean and
+    linear trend, over blocks whose darkest 3x3x3 mean is above ``threshold``; None where too few.
 
-    >>> [round(discounted_for_anatomy(h, 1.0, 1.5), 3) for h in (1.1, 1.3, 2.0)]
-    [1.1, 1.14, 1.0]
-    >>> [round(discounted_for_anatomy(2.0, 1.0, spread), 3) for spread in (1.15, 1.25, None)]
-    [2.0, 1.414, 2.0]
+    >>> rng = np.random.default_rng(0)
+    >>> ramp = np.broadcast_to(np.linspace(50, 150, 64)[:, None, None], (64, 64, 64))
+    >>> abs(_detrended_sigma(add_rician_noise(ramp, 2.0, rng), ramp, 10.0, 8) / 2.0 - 1) < 0.05
+    True
+    """
+    tissue = _blocks(smooth, size).min(axis=1) > threshold
+    if tissue.sum() < MIN_BLOCKS:
+        return None
+    values = _blocks(image, size)[tissue].astype(np.float64)
+    centred = np.arange(size) - (size - 1) / 2
+    trend = np.stack([np.ones(size**3), *(axis.ravel() for axis in np.meshgrid(centred, centred, centred, indexing="ij"))],
+                     axis=1)
+    residual = values - values @ (trend @ np.linalg.pinv(trend)).T
+    dof = size**3 - trend.shape[1]
+    rms = np.sqrt((residual**2).sum(axis=1) / dof)
+    gain = np.sqrt(2 * special.gammaincinv(dof / 2, BLOCK_PERCENTILE / 100) / dof)
+    return float(np.percentile(rms, BLOCK_PERCENTILE)) / float(gain)
+
+
+def _ramp(value: float, ends: tuple[float, float]) -> float:
+    return float(np.clip((value - ends[0]) / (ends[1] - ends[0]), 0.0, 1.0))
+
+
+def checked_sigma(haar: float, fourth: float | None, spread: float | None,
+                  detrended: Callable[[], tuple[float | None, float | None]]) -> float:
+    """Sigma from the Haar estimate, checked by the fourth difference's (their ratio ramped by
+    ``ANATOMY_RATIO``) and the Haar blocks' ``spread`` (``ANATOMY_SPREAD``): moved toward
+    ``fourth`` as far as the detail looks like anatomy (below a ratio of ``ANATOMY_CEILING``), and
+    as far as it looks like low-passed noise toward the 8-cubed detrended blocks' reading
+    (``detrended()``: the 6- and 8-cubed readings, asked for only then; weighted down as the
+    reading grows with the block, ``DETRENDED_GROWTH``; never below the Haar estimate);
+    geometrically.
+
+    >>> holds, grows = (lambda: (2.9, 3.0)), (lambda: (2.0, 3.0))
+    >>> [round(checked_sigma(h, 1.0, 1.5, holds), 3) for h in (1.1, 1.3, 1.8, 2.0, 4.0)]
+    [1.1, 1.14, 1.0, 1.414, 4.0]
+    >>> [round(checked_sigma(1.8, 1.0, spread, holds), 3) for spread in (1.15, 1.25, None)]
+    [3.0, 1.732, 1.8]
+    >>> round(checked_sigma(1.8, 1.0, 1.15, grows), 3)
+    1.8
     """
     if fourth is None or fourth <= 0 or spread is None:
         return haar
-
-    def ramp(value: float, ends: tuple[float, float]) -> float:
-        return float(np.clip((value - ends[0]) / (ends[1] - ends[0]), 0.0, 1.0))
-
-    weight = ramp(haar / fourth, ANATOMY_RATIO) * ramp(spread, ANATOMY_SPREAD)
-    return haar ** (1 - weight) * fourth**weight
+    differs, anatomy = _ramp(haar / fourth, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD)
+    sigma = haar * (fourth / haar) ** (differs * anatomy * (1 - _ramp(haar / fourth, ANATOMY_CEILING)))
+    if differs == 0 or anatomy == 1:
+        return sigma
+    smaller, larger = detrended()
+    if not smaller or not larger:
+        return sigma
+    holds = 1 - _ramp(larger / smaller, DETRENDED_GROWTH)
+    return sigma * (max(larger, haar) / haar) ** (differs * (1 - anatomy) * holds)
 
 
 def estimate_sigma(image: np.ndarray) -> float:
@@ -236,12 +296,13 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     fourth difference along each axis, which cancels smooth anatomy far better, tells such
     images: where the two disagree (``ANATOMY_RATIO``) and the Haar detail fills the blocks
     unevenly, as anatomy does and stationary noise does not (``ANATOMY_SPREAD``), sigma moves
-    toward the lower, the fourth difference's (``NoiseEstimate.lowered``). Noise low-passed
-    between voxels (k-space windows) also makes them disagree, but fills the blocks evenly; the
-    Haar detail then reads only 0.35-0.78 of its sigma (``benchmarks/filtered_noise.py``), and
-    sigma is left as it reads. On ``example4d`` that takes the estimate
-    from 1.46 to 1.01 times the two volumes' difference's standard deviation over the square root
-    of 2 (1.57 to 1.09 times ``estimate_sigma_from_series``, a MAD of it).
+    toward the lower, the fourth difference's (``NoiseEstimate.lowered``). On ``example4d`` that
+    takes the estimate from 1.46 to 1.01 times the two volumes' difference's standard deviation
+    over the square root of 2 (1.57 to 1.09 times ``estimate_sigma_from_series``, a MAD of it).
+    Noise low-passed between voxels (k-space windows) also makes them disagree, but fills the
+    blocks evenly; the Haar detail then reads only 0.35-0.79 of its sigma
+    (``benchmarks/filtered_noise.py``), and sigma moves toward what detrended blocks read, where
+    that reading holds from 6- to 8-cubed blocks (``NoiseEstimate.raised``).
 
     Where the image looks zero-filled 2x along some axes (``zero_filling``), the detail is divided
     by what it keeps of such noise, so that sigma is that of each voxel's noise as on an image
@@ -283,7 +344,14 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
     threshold = max(MIN_BLOCK_SNR * sigma, floor)
     fourth = _fourth_difference_sigma(image, whole_smooth, threshold)
-    return NoiseEstimate(discounted_for_anatomy(sigma, fourth, spread), blocks, zero_filled, sigma, fourth, spread)
+    readings: list[tuple[float | None, float | None]] = []
+
+    def detrended() -> tuple[float | None, float | None]:
+        readings.append(tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
+        return readings[-1]
+
+    checked = checked_sigma(sigma, fourth, spread, detrended)
+    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings[0] if readings else None)
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

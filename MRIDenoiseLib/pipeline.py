@@ -137,18 +137,22 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
     return found.on_grid(volume.shape)
 
 
-def anatomy_note(haar_sigma: float, sigma: float, scale: float) -> str:
-    """What the user is told where the finest detail held more than white noise (``noise``,
-    ``ANATOMY_RATIO``), so that sigma was lowered from ``haar_sigma``; ``scale``: the image's
-    robust maximum.
+def checked_sigma_note(haar_sigma: float, sigma: float, scale: float) -> str:
+    """What the user is told where the noise estimate's check (``noise.checked_sigma``) moved
+    sigma from the Haar detail's ``haar_sigma``: down where that detail held anatomy, up where
+    the noise looked low-passed; ``scale``: the image's robust maximum.
 
-    >>> anatomy_note(3.0, 2.0, 100.0).split(": ")[1].split("; ")[0]
+    >>> checked_sigma_note(3.0, 2.0, 100.0).split(": ")[1].split("; ")[0]
     'sigma was lowered to 2 (2.00% of the robust maximum) from 3 (3.00%), which that detail gives'
+    >>> checked_sigma_note(2.0, 3.0, 100.0).split(": ")[0]
+    "the image's noise looks low-passed between voxels (a k-space window), so its finest detail sees only part of it"
     """
-    return ("the image's finest detail holds more than white noise (anatomy, as at coarse voxels and low noise, "
-            f"or noise correlated between voxels): sigma was lowered to {sigma:.4g} ({100 * sigma / scale:.2f}% of the "
-            f"robust maximum) from {haar_sigma:.4g} ({100 * haar_sigma / scale:.2f}%), which that detail gives; "
-            "if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
+    reason = ("the image's finest detail holds more than white noise (anatomy, as at coarse voxels and low noise)"
+              if sigma < haar_sigma else
+              "the image's noise looks low-passed between voxels (a k-space window), so its finest detail sees only part of it")
+    return (f"{reason}: sigma was {'lowered' if sigma < haar_sigma else 'raised'} to {sigma:.4g} "
+            f"({100 * sigma / scale:.2f}% of the robust maximum) from {haar_sigma:.4g} ({100 * haar_sigma / scale:.2f}%), "
+            "which that detail gives; if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
 
 
 def whole_image_zero_filled(axes: tuple[int, ...], magnitude: bool) -> bool:
@@ -289,8 +293,8 @@ class DenoisePipeline:
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
-        if estimated and relative_noise is None and estimate.lowered:
-            notes.append(anatomy_note(estimate.haar_sigma, sigma, scale))
+        if estimated and relative_noise is None and (estimate.lowered or estimate.raised):
+            notes.append(checked_sigma_note(estimate.haar_sigma, sigma, scale))
         zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
         if zero_filled:
             notes.append(zero_filled_note(zero_filled, estimated, whole_image_zero_filled(zero_filled, grouped)))
