@@ -225,13 +225,17 @@ def _detrended_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float, si
     tissue = _blocks(smooth, size).min(axis=1) > threshold
     if tissue.sum() < MIN_BLOCKS:
         return None
-    values = _blocks(image, size)[tissue].astype(np.float64)
+    values = _blocks(image, size)[tissue]
     centred = np.arange(size) - (size - 1) / 2
-    trend = np.stack([np.ones(size**3), *(axis.ravel() for axis in np.meshgrid(centred, centred, centred, indexing="ij"))],
-                     axis=1)
-    residual = values - values @ (trend @ np.linalg.pinv(trend)).T
-    dof = size**3 - trend.shape[1]
-    rms = np.sqrt((residual**2).sum(axis=1) / dof)
+    slopes = np.stack([axis.ravel() for axis in np.meshgrid(centred, centred, centred, indexing="ij")])
+    squares = np.empty(len(values))
+    for start in range(0, len(values), 4096):  # in float64, a few MB at a time
+        chunk = values[start:start + 4096].astype(np.float64)
+        chunk -= chunk.mean(axis=1, keepdims=True)
+        # the slopes are orthogonal to each other and to the mean: their energy comes off one by one
+        squares[start:start + 4096] = (chunk**2).sum(axis=1) - ((chunk @ slopes.T) ** 2 / (slopes**2).sum(axis=1)).sum(axis=1)
+    dof = size**3 - 4
+    rms = np.sqrt(np.maximum(squares, 0) / dof)
     gain = np.sqrt(2 * special.gammaincinv(dof / 2, BLOCK_PERCENTILE / 100) / dof)
     return float(np.percentile(rms, BLOCK_PERCENTILE)) / float(gain)
 
@@ -338,7 +342,8 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     counts = [n // BLOCK for n in detail.shape]
     centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
     blocks = NoiseBlocks(rms, darkest, level, centres, image.shape)
-    if zero_filled or used is None:  # the fourth difference sees almost none of half-band noise
+    # The fourth difference sees almost none of half-band noise; a noise-free image has nothing to check.
+    if zero_filled or used is None or sigma <= 0:
         return NoiseEstimate(sigma, blocks, zero_filled)
     del detail, smooth
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
