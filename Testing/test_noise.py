@@ -7,6 +7,7 @@ from MRIDenoiseLib import noise
 from MRIDenoiseLib.benchmark_cases import remap_contrast, thick_slices
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma, estimate_sigma_from_series, estimate_sigma_in_series
+from MRIDenoiseLib.pipeline import DenoisePipeline
 
 
 def test_rician_noise_has_the_right_statistics():
@@ -144,3 +145,5 @@ def test_noise_low_passed_by_a_k_space_window_is_read_whole(colin27):
     estimate = noise.estimate_noise(noisy)
     assert estimate.haar_sigma < 0.8 * truth
     assert estimate.raised and estimate.sigma == pytest.approx(truth, rel=0.12)
+    notes = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False).notes
+    assert any("noise looks low-passed between voxels" in note and "raised" in note for note in notes)
