@@ -165,8 +165,8 @@ class NoiseEstimate:
     blocks: NoiseBlocks | None  # None where the volume is thinner than a block
     zero_filled: tuple[int, ...] = ()  # axes along which the image looks interpolated 2x (``zero_filling``)
     # The estimates from the Haar detail (which ``blocks`` hold) and from the fourth difference,
-    # where the latter was measured; ``sigma`` is below the Haar one where they disagree
-    # (``ANATOMY_RATIO``).
+    # where the latter was measured; ``sigma`` moves from the Haar one where they disagree
+    # (``checked_sigma``).
     haar_sigma: float | None = None
     fourth_sigma: float | None = None
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)

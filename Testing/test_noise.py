@@ -137,8 +137,8 @@ def test_noise_low_passed_by_a_k_space_window_is_read_whole(colin27):
     fermi_x = 1 / (1 + np.exp((np.abs(np.fft.fftfreq(colin27.shape[2])) - 0.4) / 0.02))
 
     def windowed() -> np.ndarray:
-        noise = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=colin27.shape)) * fermi[:, None] * fermi_x))
-        return noise / noise.std()
+        channel = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=colin27.shape)) * fermi[:, None] * fermi_x))
+        return channel / channel.std()
 
     truth = 0.05 * colin27.max()
     noisy = np.hypot(colin27 + truth * windowed(), truth * windowed()).astype(np.float32)
