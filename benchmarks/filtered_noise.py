@@ -1,16 +1,17 @@
 """Noise low-passed in k-space: what the Fermi, Hamming and Hann windows of scanners cost the estimate.
 
-    python benchmarks/filtered_noise.py --data ../shared/data [--out X.md]
+    python benchmarks/filtered_noise.py --data ../shared/data [--out X.md] [--no-peers]
 
 Scanners often window k-space before the inverse Fourier transform (a Fermi filter against
 ringing, a Hamming or Hann window for smoother images), which low-passes the noise between voxels
 along the windowed axes. Here the real and imaginary Gaussian channels of the noise (5% of the
 clean maximum, each voxel's sigma) are windowed along the two in-plane axes (NumPy's 1 and 2),
-then the magnitude is taken (seeded). PSNR inside the head of the noisy input, MRIDenoise's default
-(no N4), MRIDenoise given the Haar detail's estimate alone (as before the fourth-difference
-check), and MRIDenoise given each voxel's true sigma; with the estimate's readings over that
-sigma: the Haar detail's, the fourth difference's, and the one used (``noise.estimate_noise``).
-No peers: this measures the estimate, not the ranking. A few minutes.
+then the magnitude is taken (seeded). PSNR inside the head of the noisy input, DIPY and ANTs as
+``benchmarks/quality.py`` runs them, MRIDenoise's default (no N4), MRIDenoise given the Haar
+detail's estimate alone (as before the fourth-difference check), and MRIDenoise given each
+voxel's true sigma; with the estimate's readings over that sigma: the Haar detail's, the fourth
+difference's, and the one used (``noise.estimate_noise``). About 15 minutes, most of it ANTs
+(``--no-peers``: a few).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from quality import Case, CaseMaker
+from quality import Case, CaseMaker, run_ants, run_dipy
 
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
@@ -49,11 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, help="write the markdown table here as well")
+    parser.add_argument("--no-peers", action="store_true", help="leave DIPY and ANTs out")
     args = parser.parse_args()
     maker, pipeline = CaseMaker(args.data), DenoisePipeline()
-    lines = ["| case | window | sigma read / true: Haar, fourth difference, used | noisy | MRIDenoise | "
-             "MRIDenoise, Haar sigma | MRIDenoise, true sigma | lost to the estimate (dB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | window | sigma read / true: Haar, fourth difference, used | noisy | DIPY nlmeans | ANTs DenoiseImage | "
+             "MRIDenoise | MRIDenoise, Haar sigma | MRIDenoise, true sigma | lost to the estimate (dB) | "
+             "MRIDenoise vs best other (dB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
         clean, spacing, _, _ = maker.clean(case)
         mask, xyz, sigma = head_mask(clean), tuple(reversed(spacing)), PERCENT / 100 * float(clean.max())
@@ -66,8 +68,12 @@ def main() -> None:
             haar = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False, sigma=estimate.finest).denoised, mask)
             given = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised, mask)
             readings = ", ".join(f"{value / sigma:.2f}" for value in (estimate.finest, estimate.fourth_sigma, estimate.sigma))
-            lines.append(f"| {case.name} | {name} | {readings} | {psnr(clean, noisy, mask):.2f} | {default:.2f} | "
-                         f"{haar:.2f} | {given:.2f} | {given - default:+.2f} |")
+            others = [psnr(clean, noisy, mask)]
+            if not args.no_peers:
+                others += [psnr(clean, run_dipy(noisy), mask), psnr(clean, run_ants(noisy, xyz), mask)]
+            peers = " | ".join(f"{value:.2f}" for value in others[1:]) if len(others) > 1 else "— | —"
+            lines.append(f"| {case.name} | {name} | {readings} | {others[0]:.2f} | {peers} | {default:.2f} | "
+                         f"{haar:.2f} | {given:.2f} | {given - default:+.2f} | {default - max(others):+.2f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + (f"\n\nNoise {PERCENT}% of the clean maximum (each voxel's sigma), windowed along the "
                                "in-plane axes. PSNR (dB) inside the head.")
