@@ -72,6 +72,8 @@ ANATOMY_CEILING = (1.9, 2.1)
 # spread looks like noise. Above DETRENDED_GROWTH[0] its weight falls, to none at [1].
 DETRENDED_BLOCKS = (6, 8)
 DETRENDED_GROWTH = (1.1, 1.2)
+# The detrended reading with each of DETRENDED_BLOCKS (None where too few blocks are tissue).
+Readings = tuple[float | None, float | None]
 # BLOCK_PERCENTILE's block RMS fourth difference over sigma in white noise: 0.6994 (standard error
 # 0.0003) over 20 draws of 190-cubed Gaussian noise. The chi-square of ``block_percentile_gain``
 # would say 0.662: its correlations reach four voxels, where the approximation is 5% off.
@@ -102,6 +104,13 @@ def _blocks(volume: np.ndarray, size: int) -> np.ndarray:
     trimmed = volume[tuple(slice(0, c * size) for c in counts)]
     shaped = trimmed.reshape(counts[0], size, counts[1], size, counts[2], size)
     return shaped.transpose(0, 2, 4, 1, 3, 5).reshape(-1, size**3)
+
+
+def _tissue_blocks(smooth: np.ndarray, size: int, threshold: float) -> np.ndarray | None:
+    """Which ``size``-cubed blocks (``_blocks``) have their darkest 3x3x3 mean (``smooth``) above
+    ``threshold``; None where fewer than ``MIN_BLOCKS`` do."""
+    tissue = _blocks(smooth, size).min(axis=1) > threshold
+    return tissue if tissue.sum() >= MIN_BLOCKS else None
 
 
 def block_percentile_gain(size: int, percentile: float) -> float:
@@ -172,7 +181,7 @@ class NoiseEstimate:
     fourth_sigma: float | None = None
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)
     # ``_detrended_sigma`` with 6- and 8-cubed blocks, where the noise looked low-passed
-    detrended_sigmas: tuple[float | None, float | None] | None = None
+    detrended_sigmas: Readings | None = None
 
     @property
     def finest(self) -> float:
@@ -206,11 +215,10 @@ def _fourth_difference_sigma(image: np.ndarray, smooth: np.ndarray, threshold: f
     for axis in range(3):
         detail = ndimage.correlate1d(detail, FOURTH_DIFFERENCE, axis=axis, mode="nearest")
     inside = (slice(2, -2),) * 3
-    detail, smooth = detail[inside], smooth[inside]
-    tissue = _blocks(smooth, BLOCK).min(axis=1) > threshold
-    if tissue.sum() < MIN_BLOCKS:
+    tissue = _tissue_blocks(smooth[inside], BLOCK, threshold)
+    if tissue is None:
         return None
-    rms = np.sqrt(_blocks(detail**2, BLOCK)[tissue].mean(axis=1))
+    rms = np.sqrt(_blocks(detail[inside] ** 2, BLOCK)[tissue].mean(axis=1))
     return float(np.percentile(rms, BLOCK_PERCENTILE)) / FOURTH_DIFFERENCE_GAIN
 
 
@@ -223,8 +231,8 @@ def _detrended_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float, si
     >>> abs(_detrended_sigma(add_rician_noise(ramp, 2.0, rng), ramp, 10.0, 8) / 2.0 - 1) < 0.05
     True
     """
-    tissue = _blocks(smooth, size).min(axis=1) > threshold
-    if tissue.sum() < MIN_BLOCKS:
+    tissue = _tissue_blocks(smooth, size, threshold)
+    if tissue is None:
         return None
     values = _blocks(image, size)[tissue]
     centred = np.arange(size) - (size - 1) / 2
@@ -246,34 +254,36 @@ def _ramp(value: float, ends: tuple[float, float]) -> float:
 
 
 def checked_sigma(haar: float, fourth: float | None, spread: float | None,
-                  detrended: Callable[[], tuple[float | None, float | None]]) -> float:
+                  detrended: Callable[[], Readings]) -> tuple[float, Readings | None]:
     """Sigma from the Haar estimate, checked by the fourth difference's (their ratio ramped by
     ``ANATOMY_RATIO``) and the Haar blocks' ``spread`` (``ANATOMY_SPREAD``): moved toward
     ``fourth`` as far as the detail looks like anatomy (below a ratio of ``ANATOMY_CEILING``), and
     as far as it looks like low-passed noise toward the 8-cubed detrended blocks' reading
     (``detrended()``: the 6- and 8-cubed readings, asked for only then; weighted down as the
     reading grows with the block, ``DETRENDED_GROWTH``; never below the Haar estimate);
-    geometrically.
+    geometrically. Returns sigma and the detrended readings where they were asked for.
 
     >>> holds, grows = (lambda: (2.9, 3.0)), (lambda: (2.0, 3.0))
-    >>> [round(checked_sigma(h, 1.0, 1.5, holds), 3) for h in (1.1, 1.3, 1.8, 2.0, 4.0)]
+    >>> [round(checked_sigma(h, 1.0, 1.5, holds)[0], 3) for h in (1.1, 1.3, 1.8, 2.0, 4.0)]
     [1.1, 1.14, 1.0, 1.414, 4.0]
-    >>> [round(checked_sigma(1.8, 1.0, spread, holds), 3) for spread in (1.15, 1.25, None)]
+    >>> [round(checked_sigma(1.8, 1.0, spread, holds)[0], 3) for spread in (1.15, 1.25, None)]
     [3.0, 1.732, 1.8]
-    >>> round(checked_sigma(1.8, 1.0, 1.15, grows), 3)
-    1.8
+    >>> checked_sigma(1.8, 1.0, 1.15, grows)
+    (1.8, (2.0, 3.0))
     """
     if fourth is None or fourth <= 0 or spread is None:
-        return haar
-    differs, anatomy = _ramp(haar / fourth, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD)
-    sigma = haar * (fourth / haar) ** (differs * anatomy * (1 - _ramp(haar / fourth, ANATOMY_CEILING)))
+        return haar, None
+    ratio = haar / fourth
+    differs, anatomy = _ramp(ratio, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD)
+    sigma = haar * (fourth / haar) ** (differs * anatomy * (1 - _ramp(ratio, ANATOMY_CEILING)))
     if differs == 0 or anatomy == 1:
-        return sigma
-    smaller, larger = detrended()
+        return sigma, None
+    readings = detrended()
+    smaller, larger = readings
     if not smaller or not larger:
-        return sigma
+        return sigma, readings
     holds = 1 - _ramp(larger / smaller, DETRENDED_GROWTH)
-    return sigma * (max(larger, haar) / haar) ** (differs * (1 - anatomy) * holds)
+    return sigma * (max(larger, haar) / haar) ** (differs * (1 - anatomy) * holds), readings
 
 
 def estimate_sigma(image: np.ndarray) -> float:
@@ -350,14 +360,10 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
     threshold = max(MIN_BLOCK_SNR * sigma, floor)
     fourth = _fourth_difference_sigma(image, whole_smooth, threshold)
-    readings: list[tuple[float | None, float | None]] = []
-
-    def detrended() -> tuple[float | None, float | None]:
-        readings.append(tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
-        return readings[-1]
-
-    checked = checked_sigma(sigma, fourth, spread, detrended)
-    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings[0] if readings else None)
+    checked, readings = checked_sigma(
+        sigma, fourth, spread,
+        lambda: tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
+    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings)
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift
