@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Optional
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 from .dct_wiener import BLOCK, dct_basis, overlap_sums, rician_amplitude, rician_mean
 from .worker_threads import one_thread_per_operation
-from .zero_filling import half_band_dct_shares
 
 STEP = 3
 RADIUS = 3
@@ -52,6 +51,24 @@ REFERENCES_PER_CHUNK = 1 << 11
 # a slab is some 4,000 small operations, so a 512³ volume in 1 << 16 would be 300,000.
 REFERENCES_PER_SLAB_GPU = 1 << 20
 REFERENCES_PER_CHUNK_GPU = 1 << 16
+# The least share of the noise a window frequency is taken to hold (``dct_noise_shares``): an
+# estimated correlation need not be a valid one, and a share of 0 would keep that frequency whole.
+MIN_NOISE_SHARE = 0.02
+
+
+def dct_noise_shares(correlation: np.ndarray) -> np.ndarray:
+    """What each frequency of an orthonormal DCT over ``len(correlation)`` voxels keeps of the
+    variance of noise whose correlation at a lag of k voxels is ``correlation[k]`` (1 at lag 0):
+    1 each for white noise; they add up to the length.
+
+    >>> dct_noise_shares(np.eye(1, 4)[0]).round(3).tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    >>> dct_noise_shares(np.sinc(np.arange(4) / 2)).round(3).tolist()  # zero-filled 2x
+    [1.849, 1.538, 0.576, 0.038]
+    """
+    basis = dct_basis(len(correlation)).numpy()
+    lags = np.abs(np.subtract.outer(np.arange(len(correlation)), np.arange(len(correlation))))
+    return np.einsum("ki,ij,kj->k", basis, np.asarray(correlation, dtype=np.float64)[lags], basis)
 
 
 def references_per_slab_and_chunk(device: torch.device) -> tuple[int, int]:
@@ -69,14 +86,16 @@ def block_matched_wiener(
     radius: int = RADIUS,
     matches: int = MATCHES,
     progress: Optional[Callable[[float], None]] = None,
-    band_limited: tuple[int, ...] = (),
+    noise_correlation: Optional[Sequence[np.ndarray]] = None,
 ) -> torch.Tensor:
     """The grouped Wiener estimate of the amplitude under ``noisy`` (a 3-D magnitude volume), with
     groups matched and gains taken on ``pilot`` (an amplitude estimate of the same shape).
     ``progress`` is told the share done after each chunk of reference windows, on the calling
-    thread (and may raise to stop). Along ``band_limited`` (axes of ``noisy``) the noise is
-    zero-filled 2x (``zero_filling``): each window coefficient's noise variance is then sigma²
-    times its ``half_band_dct_shares`` along those axes, not sigma²."""
+    thread (and may raise to stop). ``noise_correlation``: per axis of ``noisy``, the noise's
+    correlation at lags 0 to ``block`` - 1 where it is not white (zero-filled, ``zero_filling``;
+    low-passed by a k-space window, ``noise.NoiseEstimate.correlation``): each window
+    coefficient's noise variance is then sigma² times the product of its frequencies'
+    ``dct_noise_shares`` along the axes (at least MIN_NOISE_SHARE each), not sigma²."""
     extra, corners = reference_grid(noisy.shape, block, step)
     # The workers share out the reference planes along the first axis, so the axis with the most
     # goes first (not a thick-slice volume's few slices); by the shape alone, so that the output
@@ -88,8 +107,8 @@ def block_matched_wiener(
     extra, corners = [extra[axis] for axis in order], [corners[axis] for axis in order]
     padded = (replicate_padded(volume, extra, radius) for volume in (noisy.float(), rician_mean(pilot.float(), sigma)))
     coefficient_noise = None
-    if band_limited:
-        shares = [torch.from_numpy(half_band_dct_shares(block) if axis in band_limited else np.ones(block)) for axis in order]
+    if noise_correlation is not None:
+        shares = [torch.from_numpy(np.maximum(dct_noise_shares(noise_correlation[axis]), MIN_NOISE_SHARE)) for axis in order]
         coefficient_noise = (sigma * sigma * torch.kron(torch.kron(shares[0], shares[1]), shares[2])).float().to(noisy.device)
     groups = WindowGroups(*padded, sigma, block, step, radius, min(matches, (2 * radius + 1) ** 3), coefficient_noise)
     shape = groups.noisy.shape

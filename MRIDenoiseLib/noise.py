@@ -74,6 +74,14 @@ DETRENDED_BLOCKS = (6, 8)
 DETRENDED_GROWTH = (1.1, 1.2)
 # The detrended reading with each of DETRENDED_BLOCKS (None where too few blocks are tissue).
 Readings = tuple[float | None, float | None]
+# Where sigma was raised, the noise's correlation along each axis at lags 0 to CORRELATION_LAGS - 1
+# (the grouped step's windows, ``dct_wiener.BLOCK``, span 4 voxels) is read from the flattest
+# detrended 8-cubed blocks (those at or below their BLOCK_PERCENTILE RMS, at least MIN_BLOCKS), so
+# that the step can tell each window frequency's noise apart (``block_matching.dct_noise_shares``).
+# Under in-plane Fermi, Hamming and Hann windows (``benchmarks/filtered_noise.py``) the shares it
+# gives are within 0.1 of the window's own at every frequency on Colin27 at 1 mm.
+CORRELATION_LAGS = 4
+WHITE_CORRELATION = np.eye(1, CORRELATION_LAGS)
 # BLOCK_PERCENTILE's block RMS fourth difference over sigma in white noise: 0.6994 (standard error
 # 0.0003) over 20 draws of 190-cubed Gaussian noise. The chi-square of ``block_percentile_gain``
 # would say 0.662: its correlations reach four voxels, where the approximation is 5% off.
@@ -182,6 +190,9 @@ class NoiseEstimate:
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)
     # ``_detrended_sigma`` with 6- and 8-cubed blocks, where the noise looked low-passed
     detrended_sigmas: Readings | None = None
+    # Where sigma was raised: per axis, the noise's correlation at lags 0 to CORRELATION_LAGS - 1,
+    # moved from white noise's as far as sigma was raised (``checked_sigma``).
+    correlation: np.ndarray | None = None
 
     @property
     def finest(self) -> float:
@@ -222,31 +233,78 @@ def _fourth_difference_sigma(image: np.ndarray, smooth: np.ndarray, threshold: f
     return float(np.percentile(rms, BLOCK_PERCENTILE)) / FOURTH_DIFFERENCE_GAIN
 
 
+def _detrended_blocks(image: np.ndarray, smooth: np.ndarray, threshold: float,
+                      size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``size``-cubed blocks of ``image`` whose darkest 3x3x3 mean (``smooth``) is above
+    ``threshold``, as rows, and the RMS of each less its mean and linear trend (per degree of
+    freedom, size³ - 4); None where too few blocks are tissue."""
+    tissue = _tissue_blocks(smooth, size, threshold)
+    if tissue is None:
+        return None
+    values = _blocks(image, size)[tissue]
+    slopes = _slopes(size)
+    squares = np.empty(len(values))
+    for start in range(0, len(values), 4096):  # in float64, a few MB at a time
+        chunk = values[start:start + 4096].astype(np.float64)
+        chunk -= chunk.mean(axis=1, keepdims=True)
+        # the slopes are orthogonal to each other and to the mean: their energy comes off one by one
+        squares[start:start + 4096] = (chunk**2).sum(axis=1) - ((chunk @ slopes.T) ** 2).sum(axis=1)
+    return values, np.sqrt(np.maximum(squares, 0) / (size**3 - 4))
+
+
+def _slopes(size: int) -> np.ndarray:
+    """The linear trends along the three axes of a ``size``-cubed block, as unit rows."""
+    centred = np.arange(size) - (size - 1) / 2
+    slopes = np.stack([axis.ravel() for axis in np.meshgrid(centred, centred, centred, indexing="ij")])
+    return slopes / np.linalg.norm(slopes, axis=1, keepdims=True)
+
+
 def _detrended_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float, size: int) -> float | None:
     """Each voxel's sigma from the 2nd percentile RMS of ``size``-cubed blocks less their mean and
-    linear trend, over blocks whose darkest 3x3x3 mean is above ``threshold``; None where too few.
+    linear trend (``_detrended_blocks``); None where too few blocks are tissue.
 
     >>> rng = np.random.default_rng(0)
     >>> ramp = np.broadcast_to(np.linspace(50, 150, 64)[:, None, None], (64, 64, 64))
     >>> abs(_detrended_sigma(add_rician_noise(ramp, 2.0, rng), ramp, 10.0, 8) / 2.0 - 1) < 0.05
     True
     """
-    tissue = _tissue_blocks(smooth, size, threshold)
-    if tissue is None:
+    found = _detrended_blocks(image, smooth, threshold, size)
+    if found is None:
         return None
-    values = _blocks(image, size)[tissue]
-    centred = np.arange(size) - (size - 1) / 2
-    slopes = np.stack([axis.ravel() for axis in np.meshgrid(centred, centred, centred, indexing="ij")])
-    squares = np.empty(len(values))
-    for start in range(0, len(values), 4096):  # in float64, a few MB at a time
-        chunk = values[start:start + 4096].astype(np.float64)
-        chunk -= chunk.mean(axis=1, keepdims=True)
-        # the slopes are orthogonal to each other and to the mean: their energy comes off one by one
-        squares[start:start + 4096] = (chunk**2).sum(axis=1) - ((chunk @ slopes.T) ** 2 / (slopes**2).sum(axis=1)).sum(axis=1)
     dof = size**3 - 4
-    rms = np.sqrt(np.maximum(squares, 0) / dof)
     gain = np.sqrt(2 * special.gammaincinv(dof / 2, BLOCK_PERCENTILE / 100) / dof)
-    return float(np.percentile(rms, BLOCK_PERCENTILE)) / float(gain)
+    return float(np.percentile(found[1], BLOCK_PERCENTILE)) / float(gain)
+
+
+def _noise_correlation(image: np.ndarray, smooth: np.ndarray, threshold: float) -> np.ndarray | None:
+    """Per axis, the noise's correlation at lags 0 to CORRELATION_LAGS - 1, over the flattest
+    detrended 8-cubed tissue blocks (at or below their BLOCK_PERCENTILE RMS, at least MIN_BLOCKS
+    of them); None where too few blocks are tissue.
+
+    >>> rng = np.random.default_rng(0)
+    >>> ramp = np.broadcast_to(np.linspace(50, 150, 64)[:, None, None], (64, 64, 64))
+    >>> noise = rng.normal(size=(2, 65, 64, 64)) * 2
+    >>> noisy = np.hypot(ramp + (noise[0, 1:] + noise[0, :-1]) / np.sqrt(2), noise[1, 1:]).astype(np.float32)
+    >>> (np.round(_noise_correlation(noisy, ramp, 10.0), 1) + 0).tolist()  # a 2-tap average along the first axis
+    [[1.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    """
+    size = DETRENDED_BLOCKS[-1]
+    found = _detrended_blocks(image, smooth, threshold, size)
+    if found is None:
+        return None
+    values, rms = found
+    flattest = np.argsort(rms)[:max(MIN_BLOCKS, int(np.ceil(len(rms) * BLOCK_PERCENTILE / 100)))]
+    residual = values[flattest].astype(np.float64)
+    residual -= residual.mean(axis=1, keepdims=True)
+    slopes = _slopes(size)
+    residual -= (residual @ slopes.T) @ slopes
+    residual = residual.reshape(-1, size, size, size)
+    correlation = np.empty((3, CORRELATION_LAGS))
+    for axis in range(3):
+        along = np.moveaxis(residual, axis + 1, -1)
+        power = np.mean(along**2)
+        correlation[axis] = [np.mean(along[..., lag:] * along[..., :size - lag]) / power for lag in range(CORRELATION_LAGS)]
+    return correlation
 
 
 def _ramp(value: float, ends: tuple[float, float]) -> float:
@@ -254,36 +312,37 @@ def _ramp(value: float, ends: tuple[float, float]) -> float:
 
 
 def checked_sigma(haar: float, fourth: float | None, spread: float | None,
-                  detrended: Callable[[], Readings]) -> tuple[float, Readings | None]:
+                  detrended: Callable[[], Readings]) -> tuple[float, Readings | None, float]:
     """Sigma from the Haar estimate, checked by the fourth difference's (their ratio ramped by
     ``ANATOMY_RATIO``) and the Haar blocks' ``spread`` (``ANATOMY_SPREAD``): moved toward
     ``fourth`` as far as the detail looks like anatomy (below a ratio of ``ANATOMY_CEILING``), and
     as far as it looks like low-passed noise toward the 8-cubed detrended blocks' reading
     (``detrended()``: the 6- and 8-cubed readings, asked for only then; weighted down as the
     reading grows with the block, ``DETRENDED_GROWTH``; never below the Haar estimate);
-    geometrically. Returns sigma and the detrended readings where they were asked for.
+    geometrically. Returns sigma, the detrended readings where they were asked for, and how far
+    the noise looks low-passed (the raise's weight, 0 to 1; 0 where nothing was raised).
 
     >>> holds, grows = (lambda: (2.9, 3.0)), (lambda: (2.0, 3.0))
     >>> [round(checked_sigma(h, 1.0, 1.5, holds)[0], 3) for h in (1.1, 1.3, 1.8, 2.0, 4.0)]
     [1.1, 1.14, 1.0, 1.414, 4.0]
-    >>> [round(checked_sigma(1.8, 1.0, spread, holds)[0], 3) for spread in (1.15, 1.25, None)]
-    [3.0, 1.732, 1.8]
-    >>> checked_sigma(1.8, 1.0, 1.15, grows)
-    (1.8, (2.0, 3.0))
+    >>> [tuple(round(value, 3) for value in checked_sigma(1.8, 1.0, spread, holds)[::2]) for spread in (1.15, 1.25)]
+    [(3.0, 1.0), (1.732, 0.5)]
+    >>> checked_sigma(1.8, 1.0, None, holds), checked_sigma(1.8, 1.0, 1.15, grows)
+    ((1.8, None, 0.0), (1.8, (2.0, 3.0), 0.0))
     """
     if fourth is None or fourth <= 0 or spread is None:
-        return haar, None
+        return haar, None, 0.0
     ratio = haar / fourth
     differs, anatomy = _ramp(ratio, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD)
     sigma = haar * (fourth / haar) ** (differs * anatomy * (1 - _ramp(ratio, ANATOMY_CEILING)))
     if differs == 0 or anatomy == 1:
-        return sigma, None
+        return sigma, None, 0.0
     readings = detrended()
     smaller, larger = readings
-    if not smaller or not larger:
-        return sigma, readings
-    holds = 1 - _ramp(larger / smaller, DETRENDED_GROWTH)
-    return sigma * (max(larger, haar) / haar) ** (differs * (1 - anatomy) * holds), readings
+    if not smaller or not larger or larger <= haar:
+        return sigma, readings, 0.0
+    low_passed = differs * (1 - anatomy) * (1 - _ramp(larger / smaller, DETRENDED_GROWTH))
+    return sigma * (larger / haar) ** low_passed, readings, low_passed
 
 
 def estimate_sigma(image: np.ndarray) -> float:
@@ -360,10 +419,13 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
     threshold = max(MIN_BLOCK_SNR * sigma, floor)
     fourth = _fourth_difference_sigma(image, whole_smooth, threshold)
-    checked, readings = checked_sigma(
+    checked, readings, low_passed = checked_sigma(
         sigma, fourth, spread,
         lambda: tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
-    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings)
+    correlation = _noise_correlation(image, whole_smooth, threshold) if low_passed > 0 else None
+    if correlation is not None:  # as far as the noise looks low-passed, as sigma was raised
+        correlation = WHITE_CORRELATION + low_passed * (correlation - WHITE_CORRELATION)
+    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings, correlation)
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

@@ -22,13 +22,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .bias import correct_bias
 from .block_matching import block_matched_wiener
+from .dct_wiener import BLOCK
 from .inference import denoise_volume, raise_if_cancelled, resolve_device, retried_on_cpu
 from .input_checks import N4_MIN_VOXELS, InputError, can_correct_bias
 from .intensity import intensity_scale
@@ -36,7 +37,7 @@ from .local_means import local_mean_kernel, restore_local_means
 from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
 from .noise import NoiseEstimate, estimate_noise, estimate_sigma
 from .noise_field import estimate_noise_field
-from .zero_filling import sampled_grids, sampled_spacing, zero_filled_axes, zero_filled_gain
+from .zero_filling import sampled_grids, sampled_spacing, zero_filled_correlation, zero_filled_gain
 
 StageProgress = Callable[[str, float], None]
 
@@ -71,17 +72,18 @@ def pilot_step(volume: np.ndarray, sigma: float, kernel: tuple[int, int, int], d
 
 def wiener_step(volume: np.ndarray, pilot: np.ndarray, sigma: float, device: torch.device, search: tuple[int, int],
                 progress: Callable[[float], None], on_fallback: Callable[[str], None],
-                band_limited: tuple[int, ...] = ()) -> np.ndarray:
+                noise_correlation: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
     """``block_matched_wiener`` of ``volume`` with ``pilot`` on ``device``, within ``search`` (radius,
-    windows per group), its noise zero-filled along ``band_limited``; a GPU out-of-memory error
-    is retried on the CPU (as the network's pass is), and ``on_fallback`` is told."""
+    windows per group), its noise correlated along each axis as ``noise_correlation`` says (None:
+    white); a GPU out-of-memory error is retried on the CPU (as the network's pass is), and
+    ``on_fallback`` is told."""
     radius, matches = search
 
     def on(where: torch.device) -> np.ndarray:
         with torch.inference_mode():
             return block_matched_wiener(torch.from_numpy(volume).to(where), torch.from_numpy(pilot).to(where), sigma,
                                         radius=radius, matches=matches, progress=progress,
-                                        band_limited=band_limited).cpu().numpy()
+                                        noise_correlation=noise_correlation).cpu().numpy()
 
     return retried_on_cpu(on, device, on_fallback, "GPU out of memory in the grouped step ({error}); it ran on the CPU")
 
@@ -137,10 +139,25 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
     return found.on_grid(volume.shape)
 
 
-def checked_sigma_note(haar_sigma: float, sigma: float, scale: float) -> str:
+LOW_PASSED = "the image's noise looks low-passed between voxels (a k-space window)"
+
+
+def correlation_note(correlation: np.ndarray) -> str:
+    """What the user is told where the grouped step was told the noise's ``correlation`` (per
+    NumPy axis and lag, ``noise.NoiseEstimate.correlation``).
+
+    >>> correlation_note(np.array([[1, 0.01], [1, 0.5], [1, 0.6]]))
+    'the denoising was told how it correlates between neighbouring voxels (0.60 along I, 0.50 along J, 0.01 along K)'
+    """
+    return ("the denoising was told how it correlates between neighbouring voxels ("
+            + ", ".join(f"{correlation[axis, 1]:.2f} along {'KJI'[axis]}" for axis in (2, 1, 0)) + ")")
+
+
+def checked_sigma_note(haar_sigma: float, sigma: float, scale: float, correlation: np.ndarray | None = None) -> str:
     """What the user is told where the noise estimate's check (``noise.checked_sigma``) moved
     sigma from the Haar detail's ``haar_sigma``: down where that detail held anatomy, up where
-    the noise looked low-passed; ``scale``: the image's robust maximum.
+    the noise looked low-passed (and then its ``correlation``, where the grouped step was told
+    it: ``correlation_note``); ``scale``: the image's robust maximum.
 
     >>> checked_sigma_note(3.0, 2.0, 100.0).split(": ")[1].split("; ")[0]
     'sigma was lowered to 2 (2.00% of the robust maximum) from 3 (3.00%), which that detail gives'
@@ -148,11 +165,11 @@ def checked_sigma_note(haar_sigma: float, sigma: float, scale: float) -> str:
     "the image's noise looks low-passed between voxels (a k-space window), so its finest detail sees only part of it"
     """
     reason = ("the image's finest detail holds more than white noise (anatomy, as at coarse voxels and low noise)"
-              if sigma < haar_sigma else
-              "the image's noise looks low-passed between voxels (a k-space window), so its finest detail sees only part of it")
+              if sigma < haar_sigma else LOW_PASSED + ", so its finest detail sees only part of it")
+    told = "" if correlation is None else "; " + correlation_note(correlation)
     return (f"{reason}: sigma was {'lowered' if sigma < haar_sigma else 'raised'} to {sigma:.4g} "
             f"({100 * sigma / scale:.2f}% of the robust maximum) from {haar_sigma:.4g} ({100 * haar_sigma / scale:.2f}%), "
-            "which that detail gives; if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
+            f"which that detail gives{told}; if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
 
 
 def whole_image_zero_filled(axes: tuple[int, ...], magnitude: bool) -> bool:
@@ -266,6 +283,8 @@ class DenoisePipeline:
         the image so divided); without it a note says so. Where the image looks interpolated 2x by
         zero-filling (``zero_filling``), each grid it was sampled on is denoised apart and their
         result guides the grouped step over the whole image, told how its noise is spread, with a note.
+        Where the noise looks low-passed by a k-space window (``noise.NoiseEstimate.correlation``),
+        the grouped step is told how it correlates between voxels, with a note, sigma given or not.
         """
         report = progress or (lambda stage, fraction: None)
         seconds: dict[str, float] = {}
@@ -278,12 +297,11 @@ class DenoisePipeline:
         # The grouped step filters a magnitude image (through the Rician mean), and only a magnitude
         # image's noise is mapped; other images get the network's two stages alone.
         grouped = bool(volume.min() >= 0)
-        relative_noise = None
-        estimate = estimate_noise(volume) if sigma is None or noise_map else None
-        if estimate is not None:
-            relative_noise = varying_noise(volume, grouped, estimate, noise_map, notes)
-        uniform = volume if relative_noise is None else volume / relative_noise
+        # Also where sigma is given: the estimate tells zero-filled and low-passed noise.
+        estimate = estimate_noise(volume)
         estimated = sigma is None
+        relative_noise = varying_noise(volume, grouped, estimate, noise_map, notes) if estimated or noise_map else None
+        uniform = volume if relative_noise is None else volume / relative_noise
         if estimated:
             # Where a field is divided out, sigma is the level of the image so made uniform.
             sigma = estimate.sigma if relative_noise is None else estimate_sigma(uniform)
@@ -293,9 +311,13 @@ class DenoisePipeline:
         elif not 0 < sigma < scale:
             raise InputError(f"sigma {sigma:g} is not a noise level of this image: it must be above 0 and below "
                              f"its robust maximum ({scale:.4g})")
+        # Where the noise looked low-passed, the grouped step is told its correlation between voxels.
+        low_passed = estimate.correlation if relative_noise is None else None
         if estimated and relative_noise is None and (estimate.lowered or estimate.raised):
-            notes.append(checked_sigma_note(estimate.haar_sigma, sigma, scale))
-        zero_filled = estimate.zero_filled if estimate is not None else zero_filled_axes(volume)
+            notes.append(checked_sigma_note(estimate.haar_sigma, sigma, scale, low_passed))
+        elif low_passed is not None:
+            notes.append(f"{LOW_PASSED}: {correlation_note(low_passed)}")
+        zero_filled = estimate.zero_filled
         if zero_filled:
             notes.append(zero_filled_note(zero_filled, estimated, whole_image_zero_filled(zero_filled, grouped)))
         seconds[STAGE_NOISE] = time.perf_counter() - started
@@ -309,7 +331,7 @@ class DenoisePipeline:
         # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
         # Where one or two axes are (in-plane interpolation), a magnitude image's grids then guide
         # the grouped step over the whole image, told how its noise is spread over a window's
-        # frequencies (``zero_filling.half_band_dct_shares``). Along all three that step lost up to
+        # frequencies (``zero_filling.zero_filled_correlation``). Along all three that step lost up to
         # 0.37 dB (a window of 4 voxels holds 2 samples along each axis): the grids stay apart.
         grids, grid_spacing = sampled_grids(zero_filled), sampled_spacing(spacing, zero_filled)
         whole_image_step = whole_image_zero_filled(zero_filled, grouped)
@@ -318,7 +340,7 @@ class DenoisePipeline:
         def denoise_grid(number: int, grid: tuple[slice, slice, slice]) -> np.ndarray:
             return self._denoise_uniform(
                 np.ascontiguousarray(uniform[grid]), sigma, grid_spacing, chosen, grouped,
-                preserve_detail, search, scale if relative_noise is None else None,
+                preserve_detail, search, scale if relative_noise is None else None, low_passed,
                 lambda fraction: report(STAGE_DENOISE, grids_share * (number + fraction) / len(grids)), cancel, fallbacks)
 
         if len(grids) == 1:
@@ -330,7 +352,7 @@ class DenoisePipeline:
         if whole_image_step:
             denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
                                    after_share(lambda fraction: report(STAGE_DENOISE, fraction), grids_share, cancel),
-                                   fallbacks.append, band_limited=zero_filled)
+                                   fallbacks.append, noise_correlation=zero_filled_correlation(zero_filled, BLOCK))
         # The local means given back over the voxels of the last step: each grid's where they stay apart.
         given_back, given_back_spacing = ([(slice(None),) * 3], spacing) if whole_image_step else (grids, grid_spacing)
         for grid in given_back if preserve_detail else ():
@@ -367,11 +389,13 @@ class DenoisePipeline:
 
     def _denoise_uniform(self, uniform: np.ndarray, sigma: float, spacing: tuple[float, float, float],
                          chosen: torch.device, grouped: bool, preserve_detail: bool, search: tuple[int, int],
-                         pilot_scale: float | None, progress: Callable[[float], None],
-                         cancel: Optional[Callable[[], bool]], fallbacks: list[str]) -> np.ndarray:
-        """The denoising stage of ``run`` on an image whose noise is white and of one ``sigma``:
-        the pilot (or, with ``preserve_detail``, the network), the grouped Wiener step within
-        ``search``; ``fallbacks`` hears where the GPU ran out of memory."""
+                         pilot_scale: float | None, noise_correlation: Optional[np.ndarray],
+                         progress: Callable[[float], None], cancel: Optional[Callable[[], bool]],
+                         fallbacks: list[str]) -> np.ndarray:
+        """The denoising stage of ``run`` on an image whose noise is of one ``sigma``, white or
+        correlated along each axis as ``noise_correlation`` says: the pilot (or, with
+        ``preserve_detail``, the network), the grouped Wiener step within ``search``;
+        ``fallbacks`` hears where the GPU ran out of memory."""
         kernel = local_mean_kernel(tuple(reversed(spacing)))
         # With --preserve-detail the network's output (its guide not given back the lost local
         # mean, which keeps faint lesions apart) is the grouped step's pilot.
@@ -390,5 +414,6 @@ class DenoisePipeline:
         if grouped:
             raise_if_cancelled(cancel)
             denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
-                                   after_share(progress, first_share, cancel), fallbacks.append)
+                                   after_share(progress, first_share, cancel), fallbacks.append,
+                                   noise_correlation)
         return denoised

@@ -15,8 +15,8 @@ image, so the cut shows there nearly whole; partial Fourier (one side of k-space
 leaves at least a quarter of the power past it, and smooth anatomy a slope.
 ``zero_filled_gain`` is what the finest detail keeps of the sigma. Every other voxel along a
 zero-filled axis is a sample as the scanner took it, with white noise: ``sampled_grids`` are
-those interleaved grids, ``sampled_spacing`` their voxel size. ``half_band_dct_shares`` is how
-such noise spreads over a window's DCT frequencies on the whole grid.
+those interleaved grids, ``sampled_spacing`` their voxel size. ``zero_filled_correlation`` is
+such noise's correlation between voxels on the whole grid.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -108,18 +108,16 @@ def zero_filled_gain(axes: tuple[int, ...]) -> float:
     return float(np.sqrt(1 - 2 / np.pi) ** len(axes))
 
 
-def half_band_dct_shares(length: int) -> np.ndarray:
-    """What each frequency of a ``length``-point orthonormal DCT keeps of white noise's variance
-    once the noise is zero-filled 2x along its axis (band-limited to half Nyquist: its correlation
-    at a lag of k voxels is sinc(k / 2)). Near 2 at the lowest frequencies, near 0 at the highest;
-    they add up to ``length``.
+def zero_filled_correlation(axes: tuple[int, ...], length: int) -> list[np.ndarray]:
+    """Per NumPy axis, the noise's correlation at lags 0 to ``length`` - 1 once it is zero-filled
+    2x along ``axes`` (band-limited to half Nyquist: sinc(k / 2)), white along the others; the
+    grouped step spreads it over a window's DCT frequencies (``block_matching.dct_noise_shares``).
 
-    >>> np.round(half_band_dct_shares(4), 3).tolist()
-    [1.849, 1.538, 0.576, 0.038]
+    >>> [np.round(axis, 3).tolist() for axis in zero_filled_correlation((1,), 3)]
+    [[1.0, 0.0, 0.0], [1.0, 0.637, 0.0], [1.0, 0.0, 0.0]]
     """
-    basis = fft.dct(np.eye(length), norm="ortho", axis=0)
-    lags = np.subtract.outer(np.arange(length), np.arange(length))
-    return np.einsum("ki,ij,kj->k", basis, np.sinc(lags / 2), basis)
+    lags = np.arange(length)
+    return [np.sinc(lags / 2) if axis in axes else (lags == 0).astype(np.float64) for axis in range(3)]
 
 
 def sampled_grids(axes: tuple[int, ...]) -> list[tuple[slice, slice, slice]]:

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from MRIDenoiseLib.block_matching import block_matched_wiener
+from MRIDenoiseLib.dct_wiener import BLOCK
 from MRIDenoiseLib.inference import denoise_volume
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
 from MRIDenoiseLib.model import DEFAULT_WEIGHTS, load_network
 from MRIDenoiseLib.noise import add_rician_noise, estimate_sigma
 from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.zero_filling import zero_filled_correlation
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -58,9 +60,10 @@ def test_the_wiener_step_gives_the_cpus_result_on_the_gpu(epi_pair, network):
     first, second = (torch.from_numpy(volume.astype(np.float32)) for volume in epi_pair)
     sigma = estimate_sigma(epi_pair[0])
     pilot = torch.from_numpy(denoise_volume(epi_pair[0], sigma, network, "cpu"))
-    for band_limited in ((), (1, 2)):  # white noise, and the gains of a zero-filled image's whole-image step
-        on_cpu = block_matched_wiener(first, pilot, sigma, band_limited=band_limited)
-        on_gpu = block_matched_wiener(first.cuda(), pilot.cuda(), sigma, band_limited=band_limited).cpu()
+    # white noise, and the gains of a zero-filled image's whole-image step
+    for correlation in (None, zero_filled_correlation((1, 2), BLOCK)):
+        on_cpu = block_matched_wiener(first, pilot, sigma, noise_correlation=correlation)
+        on_gpu = block_matched_wiener(first.cuda(), pilot.cuda(), sigma, noise_correlation=correlation).cpu()
         assert float((on_gpu - on_cpu).abs().median()) < 1e-4 * float(first.max())
         assert float((on_gpu - second).square().mean()) == pytest.approx(float((on_cpu - second).square().mean()), rel=1e-3)
 

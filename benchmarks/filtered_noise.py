@@ -7,11 +7,12 @@ ringing, a Hamming or Hann window for smoother images), which low-passes the noi
 along the windowed axes. Here the real and imaginary Gaussian channels of the noise (5% of the
 clean maximum, each voxel's sigma) are windowed along the two in-plane axes (NumPy's 1 and 2),
 then the magnitude is taken (seeded). PSNR inside the head of the noisy input, DIPY and ANTs as
-``benchmarks/quality.py`` runs them, MRIDenoise's default (no N4), MRIDenoise given the Haar
-detail's estimate alone (as before the fourth-difference check), and MRIDenoise given each
-voxel's true sigma; with the estimate's readings over that sigma: the Haar detail's, the fourth
-difference's, and the one used (``noise.estimate_noise``). About 15 minutes, most of it ANTs
-(``--no-peers``: a few).
+``benchmarks/quality.py`` runs them, MRIDenoise's default (no N4), the same with its noise taken
+for white (the estimated sigma, the grouped step's white-noise gains: the default before it was
+told the noise's correlation), and MRIDenoise given each voxel's true sigma; with the estimate's
+readings over that sigma (the Haar detail's, the fourth difference's, and the one used:
+``noise.estimate_noise``) and the lag-1 correlation it measured along the two windowed axes
+against the window's own. About 15 minutes, most of it ANTs (``--no-peers``: a few).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from quality import Case, CaseMaker, run_ants, run_dipy
 
+from MRIDenoiseLib.local_means import local_mean_kernel
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
 from MRIDenoiseLib.noise import estimate_noise
-from MRIDenoiseLib.pipeline import DenoisePipeline
+from MRIDenoiseLib.pipeline import DEFAULT_SEARCH, DenoisePipeline, pilot_step, wiener_step
 
 CASES = (Case("Colin27"), Case("Colin27", "T2"), Case("IXI080"))
 PERCENT = 5
@@ -46,6 +49,20 @@ def windowed_gaussian(shape, window, rng: np.random.Generator, axes=(1, 2)) -> n
     return noise / noise.std()
 
 
+def window_correlation(window, length: int = 1024) -> float:
+    """The lag-1 correlation of white noise windowed by ``window``."""
+    frequency = np.fft.fftfreq(length)
+    power = window(frequency) ** 2
+    return float(np.sum(power * np.cos(2 * np.pi * frequency)) / power.sum())
+
+
+def taken_for_white(noisy: np.ndarray, sigma: float, spacing) -> np.ndarray:
+    """The default's two stages (``DenoisePipeline._denoise_uniform``) with white-noise gains."""
+    cpu = torch.device("cpu")
+    pilot = pilot_step(noisy, sigma, local_mean_kernel(tuple(spacing)), cpu, print)
+    return wiener_step(noisy, pilot, sigma, cpu, DEFAULT_SEARCH, lambda fraction: None, print)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -53,9 +70,10 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="leave DIPY and ANTs out")
     args = parser.parse_args()
     maker, pipeline = CaseMaker(args.data), DenoisePipeline()
-    lines = ["| case | window | sigma read / true: Haar, fourth difference, used | noisy | DIPY nlmeans | ANTs DenoiseImage | "
-             "MRIDenoise | MRIDenoise, Haar sigma | MRIDenoise, true sigma | lost to the estimate (dB) | "
-             "MRIDenoise vs best other (dB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | window | sigma read / true: Haar, fourth difference, used | lag-1 correlation measured along "
+             "J, K / the window's | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, noise taken for "
+             "white | MRIDenoise, true sigma | lost to the estimate (dB) | MRIDenoise vs best other (dB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
         clean, spacing, _, _ = maker.clean(case)
         mask, xyz, sigma = head_mask(clean), tuple(reversed(spacing)), PERCENT / 100 * float(clean.max())
@@ -65,15 +83,18 @@ def main() -> None:
             noisy = np.hypot(clean + real, imaginary).astype(np.float32)
             estimate = estimate_noise(noisy)
             default = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False).denoised, mask)
-            haar = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False, sigma=estimate.finest).denoised, mask)
+            white = psnr(clean, taken_for_white(noisy, estimate.sigma, spacing), mask)
             given = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised, mask)
             readings = ", ".join(f"{value / sigma:.2f}" for value in (estimate.finest, estimate.fourth_sigma, estimate.sigma))
+            measured = ("not measured" if estimate.correlation is None else
+                        ", ".join(f"{value:.2f}" for value in estimate.correlation[1:, 1]))
             others = [psnr(clean, noisy, mask)]
             if not args.no_peers:
                 others += [psnr(clean, run_dipy(noisy), mask), psnr(clean, run_ants(noisy, xyz), mask)]
             peers = " | ".join(f"{value:.2f}" for value in others[1:]) if len(others) > 1 else "— | —"
-            lines.append(f"| {case.name} | {name} | {readings} | {others[0]:.2f} | {peers} | {default:.2f} | "
-                         f"{haar:.2f} | {given:.2f} | {given - default:+.2f} | {default - max(others):+.2f} |")
+            lines.append(f"| {case.name} | {name} | {readings} | {measured} / {window_correlation(window):.2f} | "
+                         f"{others[0]:.2f} | {peers} | {default:.2f} | {white:.2f} | {given:.2f} | "
+                         f"{given - default:+.2f} | {default - max(others):+.2f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + (f"\n\nNoise {PERCENT}% of the clean maximum (each voxel's sigma), windowed along the "
                                "in-plane axes. PSNR (dB) inside the head.")
