@@ -74,10 +74,11 @@ DETRENDED_BLOCKS = (6, 8)
 DETRENDED_GROWTH = (1.1, 1.2)
 # The detrended reading with each of DETRENDED_BLOCKS (None where too few blocks are tissue).
 Readings = tuple[float | None, float | None]
-# Where sigma was raised, the noise's correlation along each axis at lags 0 to CORRELATION_LAGS - 1
-# (the grouped step's windows, ``dct_wiener.BLOCK``, span 4 voxels) is read from the flattest
-# detrended 8-cubed blocks (those at or below their BLOCK_PERCENTILE RMS, at least MIN_BLOCKS), so
-# that the step can tell each window frequency's noise apart (``block_matching.dct_noise_shares``).
+# Where sigma was raised (or a known sigma is above the Haar detail's, ``estimate_noise``), the
+# noise's correlation along each axis at lags 0 to CORRELATION_LAGS - 1 (the grouped step's
+# windows, ``dct_wiener.BLOCK``, span 4 voxels) is read from the flattest detrended 8-cubed blocks
+# (those at or below their BLOCK_PERCENTILE RMS, at least MIN_BLOCKS), so that the step can tell
+# each window frequency's noise apart (``block_matching.dct_noise_shares``).
 # Under in-plane Fermi, Hamming and Hann windows (``benchmarks/filtered_noise.py``) the shares it
 # gives are within 0.1 of the window's own at every frequency on Colin27 at 1 mm.
 CORRELATION_LAGS = 4
@@ -190,8 +191,9 @@ class NoiseEstimate:
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)
     # ``_detrended_sigma`` with 6- and 8-cubed blocks, where the noise looked low-passed
     detrended_sigmas: Readings | None = None
-    # Where sigma was raised: per axis, the noise's correlation at lags 0 to CORRELATION_LAGS - 1,
-    # moved from white noise's as far as sigma was raised (``checked_sigma``).
+    # Where the noise looked low-passed: per axis, its correlation at lags 0 to CORRELATION_LAGS - 1,
+    # moved from white noise's as far as it looked so (the raise's weight, ``checked_sigma``; or
+    # where sigma is known, ``estimate_noise``).
     correlation: np.ndarray | None = None
 
     @property
@@ -352,7 +354,7 @@ def estimate_sigma(image: np.ndarray) -> float:
     return estimate_noise(image).sigma
 
 
-def estimate_noise(image: np.ndarray) -> NoiseEstimate:
+def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> NoiseEstimate:
     """Estimate the Rician sigma of a magnitude image, in the image's own units, with the blocks
     it was refined on (``noise_field`` fits a noise level that varies across the image to them).
 
@@ -381,6 +383,11 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     Where the image looks zero-filled 2x along some axes (``zero_filling``), the detail is divided
     by what it keeps of such noise, so that sigma is that of each voxel's noise as on an image
     reconstructed on the grid it was sampled on.
+
+    ``known_sigma``: the noise level where the caller knows it (``--sigma``). The noise's
+    correlation (``NoiseEstimate.correlation``) is then read as far as the Haar detail sees less
+    than that level (their ratio ramped by ``ANATOMY_RATIO``), whatever the check made of sigma:
+    only low-passed noise hides from the detail so (anatomy only ever adds to it).
     """
     image = np.asarray(image, dtype=np.float32)
     whole_smooth = ndimage.uniform_filter(image, size=3)
@@ -422,8 +429,10 @@ def estimate_noise(image: np.ndarray) -> NoiseEstimate:
     checked, readings, low_passed = checked_sigma(
         sigma, fourth, spread,
         lambda: tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
+    if known_sigma is not None:
+        low_passed = _ramp(known_sigma / sigma, ANATOMY_RATIO)
     correlation = _noise_correlation(image, whole_smooth, threshold) if low_passed > 0 else None
-    if correlation is not None:  # as far as the noise looks low-passed, as sigma was raised
+    if correlation is not None:  # as far as the noise looks low-passed
         correlation = WHITE_CORRELATION + low_passed * (correlation - WHITE_CORRELATION)
     return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings, correlation)
 

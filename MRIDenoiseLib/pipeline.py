@@ -298,7 +298,7 @@ class DenoisePipeline:
         # image's noise is mapped; other images get the network's two stages alone.
         grouped = bool(volume.min() >= 0)
         # Also where sigma is given: the estimate tells zero-filled and low-passed noise.
-        estimate = estimate_noise(volume)
+        estimate = estimate_noise(volume, known_sigma=sigma)
         estimated = sigma is None
         relative_noise = varying_noise(volume, grouped, estimate, noise_map, notes) if estimated or noise_map else None
         uniform = volume if relative_noise is None else volume / relative_noise

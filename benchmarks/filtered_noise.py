@@ -5,14 +5,16 @@
 Scanners often window k-space before the inverse Fourier transform (a Fermi filter against
 ringing, a Hamming or Hann window for smoother images), which low-passes the noise between voxels
 along the windowed axes. Here the real and imaginary Gaussian channels of the noise (5% of the
-clean maximum, each voxel's sigma) are windowed along the two in-plane axes (NumPy's 1 and 2),
-then the magnitude is taken (seeded). PSNR inside the head of the noisy input, DIPY and ANTs as
+clean maximum, each voxel's sigma) are windowed in-plane (NumPy's axes 1 and 2): a Fermi, a
+Hamming and a Hann window along each axis, and a Fermi window of the in-plane radius (as many
+scanners' filters are; one at 0.4 cycles per voxel, one stronger at 0.3), then the magnitude is
+taken (seeded). PSNR inside the head of the noisy input, DIPY and ANTs as
 ``benchmarks/quality.py`` runs them, MRIDenoise's default (no N4), the same with its noise taken
 for white (the estimated sigma, the grouped step's white-noise gains: the default before it was
-told the noise's correlation), and MRIDenoise given each voxel's true sigma; with the estimate's
-readings over that sigma (the Haar detail's, the fourth difference's, and the one used:
-``noise.estimate_noise``) and the lag-1 correlation it measured along the two windowed axes
-against the window's own. About 15 minutes, most of it ANTs (``--no-peers``: a few).
+told the noise's correlation), and MRIDenoise given each voxel's true sigma (``--sigma``); with
+the estimate's readings over that sigma (the Haar detail's, the fourth difference's, and the one
+used: ``noise.estimate_noise``) and the lag-1 correlation it measured along the two windowed
+axes against the window's own. About 25 minutes, most of it ANTs (``--no-peers``: a few).
 """
 
 from __future__ import annotations
@@ -32,28 +34,45 @@ from MRIDenoiseLib.pipeline import DEFAULT_SEARCH, DenoisePipeline, pilot_step, 
 
 CASES = (Case("Colin27"), Case("Colin27", "T2"), Case("IXI080"))
 PERCENT = 5
-# Cycles per voxel, -0.5 to 0.5; each window is 1 at 0.
+
+
+def fermi(cut_off: float, width: float):
+    return lambda frequency: 1 / (1 + np.exp((np.abs(frequency) - cut_off) / width))
+
+
+def separable(window):
+    """A window of the two in-plane frequencies: ``window`` along each, multiplied."""
+    return lambda first, second: window(first) * window(second)
+
+
+def radial(window):
+    """A window of the two in-plane frequencies: ``window`` of their radius (as scanners' Fermi filters)."""
+    return lambda first, second: window(np.hypot(first, second))
+
+
+# Of the in-plane frequencies in cycles per voxel (-0.5 to 0.5); each window is 1 at 0.
 WINDOWS = {
-    "Fermi (cut-off 0.4, width 0.02)": lambda f: 1 / (1 + np.exp((np.abs(f) - 0.4) / 0.02)),
-    "Hamming": lambda f: 0.54 + 0.46 * np.cos(2 * np.pi * f),
-    "Hann": lambda f: 0.5 + 0.5 * np.cos(2 * np.pi * f),
+    "Fermi (cut-off 0.4, width 0.02)": separable(fermi(0.4, 0.02)),
+    "Hamming": separable(lambda frequency: 0.54 + 0.46 * np.cos(2 * np.pi * frequency)),
+    "Hann": separable(lambda frequency: 0.5 + 0.5 * np.cos(2 * np.pi * frequency)),
+    "Fermi, radial (cut-off 0.4, width 0.02)": radial(fermi(0.4, 0.02)),
+    "Fermi, radial (cut-off 0.3, width 0.02)": radial(fermi(0.3, 0.02)),
 }
 
 
-def windowed_gaussian(shape, window, rng: np.random.Generator, axes=(1, 2)) -> np.ndarray:
-    """Unit-variance Gaussian noise whose spectrum is ``window`` along ``axes``."""
+def windowed_gaussian(shape, window, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian noise whose spectrum is ``window`` of the frequencies along NumPy's axes 1 and 2."""
     spectrum = np.fft.fftn(rng.normal(size=shape))
-    for axis in axes:
-        spectrum *= window(np.fft.fftfreq(shape[axis])).reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    spectrum *= window(np.fft.fftfreq(shape[1])[:, None], np.fft.fftfreq(shape[2])[None, :])
     noise = np.real(np.fft.ifftn(spectrum))
     return noise / noise.std()
 
 
-def window_correlation(window, length: int = 1024) -> float:
-    """The lag-1 correlation of white noise windowed by ``window``."""
+def window_correlation(window, length: int = 512) -> float:
+    """The lag-1 correlation of white noise windowed by ``window``, along the second in-plane axis."""
     frequency = np.fft.fftfreq(length)
-    power = window(frequency) ** 2
-    return float(np.sum(power * np.cos(2 * np.pi * frequency)) / power.sum())
+    power = window(frequency[:, None], frequency[None, :]) ** 2
+    return float(np.sum(power * np.cos(2 * np.pi * frequency[None, :])) / power.sum())
 
 
 def taken_for_white(noisy: np.ndarray, sigma: float, spacing) -> np.ndarray:
@@ -85,9 +104,13 @@ def main() -> None:
             default = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False).denoised, mask)
             white = psnr(clean, taken_for_white(noisy, estimate.sigma, spacing), mask)
             given = psnr(clean, pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised, mask)
-            readings = ", ".join(f"{value / sigma:.2f}" for value in (estimate.finest, estimate.fourth_sigma, estimate.sigma))
-            measured = ("not measured" if estimate.correlation is None else
-                        ", ".join(f"{value:.2f}" for value in estimate.correlation[1:, 1]))
+            readings = ", ".join("-" if value is None else f"{value / sigma:.2f}"
+                                 for value in (estimate.finest, estimate.fourth_sigma, estimate.sigma))
+            if estimate.zero_filled:
+                measured = "taken as zero-filled along " + ", ".join("KJI"[axis] for axis in estimate.zero_filled)
+            else:
+                measured = ("not measured" if estimate.correlation is None else
+                            ", ".join(f"{value:.2f}" for value in estimate.correlation[1:, 1]))
             others = [psnr(clean, noisy, mask)]
             if not args.no_peers:
                 others += [psnr(clean, run_dipy(noisy), mask), psnr(clean, run_ants(noisy, xyz), mask)]
