@@ -55,9 +55,11 @@ SAMPLED_ABOVE = 1 << 21
 # not past a ratio of ANATOMY_CEILING: anatomy keeps it below about 1.8, while noise the Haar
 # detail barely sees takes it higher (zero-filled noise the detection missed: 2.2 and 4.3, the
 # Haar estimate 0.43 of the truth, its detail mostly anatomy).
-# Low-passed noise, of which the Haar detail sees only 0.35-0.79, moves it toward what detrended
-# blocks read (``_detrended_sigma``), as far as the spread says noise and as far as that reading
-# holds from 6- to 8-cubed blocks (``DETRENDED_GROWTH``).
+# Low-passed noise, of which the Haar detail sees only 0.33-0.79, moves it toward what detrended
+# blocks read (``_detrended_sigma``), as far as the spread says noise (past ANATOMY_CEILING
+# whatever the spread: strongly low-passed noise, a radial Fermi window at 0.3 cycles per voxel,
+# fills the blocks as unevenly as anatomy, 1.25-1.32, as each holds fewer independent values of
+# it) and as far as that reading holds from 6- to 8-cubed blocks (``DETRENDED_GROWTH``).
 FOURTH_DIFFERENCE = np.array([1, -4, 6, -4, 1], dtype=np.float32) / np.float32(np.sqrt(70.0))
 ANATOMY_RATIO = (1.2, 1.4)
 ANATOMY_SPREAD = (1.2, 1.3)
@@ -318,15 +320,16 @@ def checked_sigma(haar: float, fourth: float | None, spread: float | None,
     """Sigma from the Haar estimate, checked by the fourth difference's (their ratio ramped by
     ``ANATOMY_RATIO``) and the Haar blocks' ``spread`` (``ANATOMY_SPREAD``): moved toward
     ``fourth`` as far as the detail looks like anatomy (below a ratio of ``ANATOMY_CEILING``), and
-    as far as it looks like low-passed noise toward the 8-cubed detrended blocks' reading
+    as far as it looks like low-passed noise (past that ratio, whatever the spread) toward the
+    8-cubed detrended blocks' reading
     (``detrended()``: the 6- and 8-cubed readings, asked for only then; weighted down as the
     reading grows with the block, ``DETRENDED_GROWTH``; never below the Haar estimate);
     geometrically. Returns sigma, the detrended readings where they were asked for, and how far
     the noise looks low-passed (the raise's weight, 0 to 1; 0 where nothing was raised).
 
     >>> holds, grows = (lambda: (2.9, 3.0)), (lambda: (2.0, 3.0))
-    >>> [round(checked_sigma(h, 1.0, 1.5, holds)[0], 3) for h in (1.1, 1.3, 1.8, 2.0, 4.0)]
-    [1.1, 1.14, 1.0, 1.414, 4.0]
+    >>> [round(checked_sigma(h, 1.0, 1.5, holds)[0], 3) for h in (1.1, 1.3, 1.8, 2.0, 2.5, 4.0)]
+    [1.1, 1.14, 1.0, 1.732, 3.0, 4.0]
     >>> [tuple(round(value, 3) for value in checked_sigma(1.8, 1.0, spread, holds)[::2]) for spread in (1.15, 1.25)]
     [(3.0, 1.0), (1.732, 0.5)]
     >>> checked_sigma(1.8, 1.0, None, holds), checked_sigma(1.8, 1.0, 1.15, grows)
@@ -335,8 +338,10 @@ def checked_sigma(haar: float, fourth: float | None, spread: float | None,
     if fourth is None or fourth <= 0 or spread is None:
         return haar, None, 0.0
     ratio = haar / fourth
-    differs, anatomy = _ramp(ratio, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD)
-    sigma = haar * (fourth / haar) ** (differs * anatomy * (1 - _ramp(ratio, ANATOMY_CEILING)))
+    # No anatomy reads a ratio past the ceiling; strongly low-passed noise does, and fills the
+    # blocks unevenly too (fewer independent values of it in each).
+    differs, anatomy = _ramp(ratio, ANATOMY_RATIO), _ramp(spread, ANATOMY_SPREAD) * (1 - _ramp(ratio, ANATOMY_CEILING))
+    sigma = haar * (fourth / haar) ** (differs * anatomy)
     if differs == 0 or anatomy == 1:
         return sigma, None, 0.0
     readings = detrended()

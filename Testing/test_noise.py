@@ -192,12 +192,10 @@ def test_the_grouped_step_told_how_low_passed_noise_correlates_keeps_less_of_it(
     np.testing.assert_array_equal(noisy, before)
 
 
-def test_a_known_sigma_reads_how_low_passed_noise_correlates_where_the_check_moved_part_way(colin27):
+def test_a_known_sigma_tells_the_step_how_low_passed_noise_correlates(colin27):
     # A Fermi window of the in-plane radius (cut-off 0.3 cycles per voxel), 5% noise, on a crop of
-    # Colin27's T2-like remap: the Haar detail sees 0.34 of the sigma and fills the blocks unevenly
-    # enough (spread 1.25) that the check raises sigma only part way (0.61 of the truth), and tells
-    # the step part of the correlation. Given the true sigma, the Haar detail's shortfall says the
-    # noise is low-passed, and the step is told all of it.
+    # Colin27's T2-like remap: the Haar detail sees a third of the sigma. Given the true sigma,
+    # that shortfall says the noise is low-passed, and the step is told how it correlates.
     t2_like = remap_contrast(colin27, "T2", (1.0, 1.0, 1.0))
     clean = np.ascontiguousarray(t2_like[40:136, 50:162, 40:136])
     rng = np.random.default_rng(0)
@@ -209,9 +207,9 @@ def test_a_known_sigma_reads_how_low_passed_noise_correlates_where_the_check_mov
 
     truth = 0.05 * float(t2_like.max())
     noisy = np.hypot(clean + truth * windowed(), truth * windowed()).astype(np.float32)
-    checked, known = noise.estimate_noise(noisy), noise.estimate_noise(noisy, known_sigma=truth)
-    assert checked.sigma < 0.7 * truth and np.all(checked.correlation[1:, 1] < 0.4)  # measured 0.28, 0.30
-    assert np.all(known.correlation[1:, 1] > 0.55)  # measured 0.63, 0.66
+    known = noise.estimate_noise(noisy, known_sigma=truth)
+    assert known.finest < 0.4 * truth
+    assert np.all(known.correlation[1:, 1] > 0.55) and known.correlation[0, 1] < 0.2  # measured 0.63, 0.66; 0.15
     given = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=truth)
     cpu = torch.device("cpu")
     pilot = pilot_step(noisy, truth, local_mean_kernel((1.0, 1.0, 1.0)), cpu, print)
