@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     maker, pipeline = CaseMaker(args.data), DenoisePipeline()
     lines = ["| case | window | sigma read / true: Haar, fourth difference, used | lag-1 correlation measured along "
-             "J, K / the window's | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, noise taken for "
+             "J, I / the window's | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, noise taken for "
              "white | MRIDenoise, true sigma | lost to the estimate (dB) | MRIDenoise vs best other (dB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
