@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,8 @@ DETRENDED_BLOCKS = (6, 8)
 DETRENDED_GROWTH = (1.1, 1.2)
 # The detrended reading with each of DETRENDED_BLOCKS (None where too few blocks are tissue).
 Readings = tuple[float | None, float | None]
+# Tissue blocks as rows, and the RMS of each less its mean and linear trend (``_detrended_blocks``).
+DetrendedBlocks = tuple[np.ndarray, np.ndarray]
 # Where sigma was raised (or a known sigma is above the Haar detail's, ``estimate_noise``), the
 # noise's correlation along each axis at lags 0 to CORRELATION_LAGS - 1 (the grouped step's
 # windows, ``dct_wiener.BLOCK``, span 4 voxels) is read from the flattest detrended 8-cubed blocks
@@ -238,10 +241,11 @@ def _fourth_difference_sigma(image: np.ndarray, smooth: np.ndarray, threshold: f
 
 
 def _detrended_blocks(image: np.ndarray, smooth: np.ndarray, threshold: float,
-                      size: int) -> tuple[np.ndarray, np.ndarray] | None:
+                      size: int) -> DetrendedBlocks | None:
     """The ``size``-cubed blocks of ``image`` whose darkest 3x3x3 mean (``smooth``) is above
     ``threshold``, as rows, and the RMS of each less its mean and linear trend (per degree of
-    freedom, size³ - 4); None where too few blocks are tissue."""
+    freedom, size³ - 4); None where too few blocks are tissue. Both the detrended sigma and the
+    noise's correlation are read from them."""
     tissue = _tissue_blocks(smooth, size, threshold)
     if tissue is None:
         return None
@@ -263,40 +267,40 @@ def _slopes(size: int) -> np.ndarray:
     return slopes / np.linalg.norm(slopes, axis=1, keepdims=True)
 
 
-def _detrended_sigma(image: np.ndarray, smooth: np.ndarray, threshold: float, size: int) -> float | None:
-    """Each voxel's sigma from the 2nd percentile RMS of ``size``-cubed blocks less their mean and
-    linear trend (``_detrended_blocks``); None where too few blocks are tissue.
+def _detrended_sigma(found: DetrendedBlocks | None) -> float | None:
+    """Each voxel's sigma from the 2nd percentile RMS of blocks less their mean and linear trend
+    (``_detrended_blocks``); None where too few blocks were tissue (``found`` None).
 
     >>> rng = np.random.default_rng(0)
     >>> ramp = np.broadcast_to(np.linspace(50, 150, 64)[:, None, None], (64, 64, 64))
-    >>> abs(_detrended_sigma(add_rician_noise(ramp, 2.0, rng), ramp, 10.0, 8) / 2.0 - 1) < 0.05
+    >>> found = _detrended_blocks(add_rician_noise(ramp, 2.0, rng), ramp, 10.0, 8)
+    >>> abs(_detrended_sigma(found) / 2.0 - 1) < 0.05
     True
     """
-    found = _detrended_blocks(image, smooth, threshold, size)
     if found is None:
         return None
-    dof = size**3 - 4
+    dof = found[0].shape[1] - 4
     gain = np.sqrt(2 * special.gammaincinv(dof / 2, BLOCK_PERCENTILE / 100) / dof)
     return float(np.percentile(found[1], BLOCK_PERCENTILE)) / float(gain)
 
 
-def _noise_correlation(image: np.ndarray, smooth: np.ndarray, threshold: float) -> np.ndarray | None:
-    """Per axis, the noise's correlation at lags 0 to CORRELATION_LAGS - 1, over the flattest
-    detrended 8-cubed tissue blocks (at or below their BLOCK_PERCENTILE RMS, at least MIN_BLOCKS
-    of them); None where too few blocks are tissue.
+def _noise_correlation(found: DetrendedBlocks | None) -> np.ndarray | None:
+    """Per axis, the noise's correlation at lags 0 to CORRELATION_LAGS - 1, over the flattest of
+    the detrended tissue blocks (``_detrended_blocks``: at or below their BLOCK_PERCENTILE RMS, at
+    least MIN_BLOCKS of them); None where too few blocks were tissue (``found`` None).
 
     >>> rng = np.random.default_rng(0)
     >>> ramp = np.broadcast_to(np.linspace(50, 150, 64)[:, None, None], (64, 64, 64))
     >>> noise = rng.normal(size=(2, 65, 64, 64)) * 2
     >>> noisy = np.hypot(ramp + (noise[0, 1:] + noise[0, :-1]) / np.sqrt(2), noise[1, 1:]).astype(np.float32)
-    >>> (np.round(_noise_correlation(noisy, ramp, 10.0), 1) + 0).tolist()  # a 2-tap average along the first axis
+    >>> found = _detrended_blocks(noisy, ramp, 10.0, 8)
+    >>> (np.round(_noise_correlation(found), 1) + 0).tolist()  # a 2-tap average along the first axis
     [[1.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
     """
-    size = DETRENDED_BLOCKS[-1]
-    found = _detrended_blocks(image, smooth, threshold, size)
     if found is None:
         return None
     values, rms = found
+    size = round(values.shape[1] ** (1 / 3))
     flattest = np.argsort(rms)[:max(MIN_BLOCKS, int(np.ceil(len(rms) * BLOCK_PERCENTILE / 100)))]
     residual = values[flattest].astype(np.float64)
     residual -= residual.mean(axis=1, keepdims=True)
@@ -431,12 +435,13 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
     threshold = max(MIN_BLOCK_SNR * sigma, floor)
     fourth = _fourth_difference_sigma(image, whole_smooth, threshold)
+    # Detrended once per block size: the raise reads sigma from them, the correlation the 8-cubed.
+    detrended = functools.cache(lambda size: _detrended_blocks(image, whole_smooth, threshold, size))
     checked, readings, low_passed = checked_sigma(
-        sigma, fourth, spread,
-        lambda: tuple(_detrended_sigma(image, whole_smooth, threshold, size) for size in DETRENDED_BLOCKS))
+        sigma, fourth, spread, lambda: tuple(_detrended_sigma(detrended(size)) for size in DETRENDED_BLOCKS))
     if known_sigma is not None:
         low_passed = _ramp(known_sigma / sigma, ANATOMY_RATIO)
-    correlation = _noise_correlation(image, whole_smooth, threshold) if low_passed > 0 else None
+    correlation = _noise_correlation(detrended(DETRENDED_BLOCKS[-1])) if low_passed > 0 else None
     if correlation is not None:  # as far as the noise looks low-passed
         correlation = WHITE_CORRELATION + low_passed * (correlation - WHITE_CORRELATION)
     return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings, correlation)

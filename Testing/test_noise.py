@@ -136,20 +136,41 @@ def test_coarse_voxels_at_low_noise_lower_sigma_toward_the_truth(colin27):
     assert estimate.correlation is None and noise.estimate_noise(noisy, known_sigma=truth).correlation is None
 
 
+def in_plane_frequencies(shape) -> tuple[np.ndarray, np.ndarray]:
+    """The FFT frequencies along NumPy's axes 1 and 2, shaped to broadcast to an in-plane grid."""
+    return np.fft.fftfreq(shape[1])[:, None], np.fft.fftfreq(shape[2])[None, :]
+
+
+def in_plane_windowed(clean: np.ndarray, sigma: float, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clean`` with Rician noise of each voxel's ``sigma`` whose two channels were low-passed by
+    ``window`` (weights over ``in_plane_frequencies``), as a scanner's k-space window makes it."""
+    def channel() -> np.ndarray:
+        windowed = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=clean.shape)) * window))
+        return sigma * windowed / windowed.std()
+
+    return np.hypot(clean + channel(), channel()).astype(np.float32)
+
+
+def taken_for_white(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """The default's pilot and grouped step on a 1 mm ``noisy``, the noise taken for white."""
+    cpu = torch.device("cpu")
+    pilot = pilot_step(noisy, sigma, local_mean_kernel((1.0, 1.0, 1.0)), cpu, print)
+    return wiener_step(noisy, pilot, sigma, cpu, DEFAULT_SEARCH, lambda fraction: None, print)
+
+
+def head_error(volume: np.ndarray, clean: np.ndarray) -> float:
+    """RMS error of ``volume`` where ``clean`` is above a tenth of its maximum."""
+    return float(np.sqrt(np.mean((volume - clean)[clean > 0.1 * clean.max()] ** 2)))
+
+
 def test_noise_low_passed_by_a_k_space_window_is_read_whole(colin27):
     # A Fermi window (cut-off 0.4 cycles per voxel) along the in-plane axes of both noise channels,
     # as benchmarks/filtered_noise.py makes it: the Haar detail sees 0.73 of each voxel's sigma,
     # the fourth difference 0.40, and the detrended 8-cubed blocks 1.05, which the estimate takes.
-    rng = np.random.default_rng(0)
-    fermi = 1 / (1 + np.exp((np.abs(np.fft.fftfreq(colin27.shape[1])) - 0.4) / 0.02))
-    fermi_x = 1 / (1 + np.exp((np.abs(np.fft.fftfreq(colin27.shape[2])) - 0.4) / 0.02))
-
-    def windowed() -> np.ndarray:
-        channel = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=colin27.shape)) * fermi[:, None] * fermi_x))
-        return channel / channel.std()
-
+    first, second = in_plane_frequencies(colin27.shape)
     truth = 0.05 * colin27.max()
-    noisy = np.hypot(colin27 + truth * windowed(), truth * windowed()).astype(np.float32)
+    fermi = 1 / (1 + np.exp((np.abs(first) - 0.4) / 0.02)) / (1 + np.exp((np.abs(second) - 0.4) / 0.02))
+    noisy = in_plane_windowed(colin27, truth, fermi, np.random.default_rng(0))
     estimate = noise.estimate_noise(noisy)
     assert estimate.haar_sigma < 0.8 * truth
     assert estimate.raised and estimate.sigma == pytest.approx(truth, rel=0.12)
@@ -165,30 +186,21 @@ def test_the_grouped_step_told_how_low_passed_noise_correlates_keeps_less_of_it(
     # 1/6), 5% noise, on a 96 x 112 x 96 crop of Colin27: the same sigma and pilot, gains that
     # know how the noise spreads over a window's frequencies beat gains that take it for white.
     clean = np.ascontiguousarray(colin27[40:136, 50:162, 40:136])
-    rng = np.random.default_rng(0)
-    hann = [0.5 + 0.5 * np.cos(2 * np.pi * np.fft.fftfreq(n)) for n in clean.shape]
-
-    def windowed() -> np.ndarray:
-        channel = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=clean.shape)) * hann[1][:, None] * hann[2]))
-        return channel / channel.std()
-
+    first, second = in_plane_frequencies(clean.shape)
     truth = 0.05 * colin27.max()
-    noisy = np.hypot(clean + truth * windowed(), truth * windowed()).astype(np.float32)
+    hann = (0.5 + 0.5 * np.cos(2 * np.pi * first)) * (0.5 + 0.5 * np.cos(2 * np.pi * second))
+    noisy = in_plane_windowed(clean, truth, hann, np.random.default_rng(0))
     before = noisy.copy()
     estimate = noise.estimate_noise(noisy)
     assert estimate.raised
     np.testing.assert_allclose(estimate.correlation[:, 1], [0.0, 0.667, 0.667], atol=0.08)  # measured 0.61
     result = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False)
-    cpu = torch.device("cpu")
-    pilot = pilot_step(noisy, result.sigma, local_mean_kernel((1.0, 1.0, 1.0)), cpu, print)
-    white = wiener_step(noisy, pilot, result.sigma, cpu, DEFAULT_SEARCH, lambda fraction: None, print)
-    head = clean > 0.1 * clean.max()
-    error_white, error_told = (np.sqrt(np.mean((volume - clean)[head] ** 2)) for volume in (white, result.denoised))
-    assert error_told < 0.93 * error_white  # measured: 7.12 against 7.96
+    error_white = head_error(taken_for_white(noisy, result.sigma), clean)
+    assert head_error(result.denoised, clean) < 0.93 * error_white  # measured: 7.12 against 7.96
     # Given the sigma, the step is told the correlation all the same, and the user hears so.
     given = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=truth)
     assert any(note.startswith("the image's noise looks low-passed") and "correlates" in note for note in given.notes)
-    assert np.sqrt(np.mean((given.denoised - clean)[head] ** 2)) < 0.93 * error_white  # measured: 6.87
+    assert head_error(given.denoised, clean) < 0.93 * error_white  # measured: 6.87
     np.testing.assert_array_equal(noisy, before)
 
 
@@ -198,25 +210,15 @@ def test_a_known_sigma_tells_the_step_how_low_passed_noise_correlates(colin27):
     # that shortfall says the noise is low-passed, and the step is told how it correlates.
     t2_like = remap_contrast(colin27, "T2", (1.0, 1.0, 1.0))
     clean = np.ascontiguousarray(t2_like[40:136, 50:162, 40:136])
-    rng = np.random.default_rng(0)
-    radius = np.hypot(np.fft.fftfreq(clean.shape[1])[:, None], np.fft.fftfreq(clean.shape[2])[None, :])
-
-    def windowed() -> np.ndarray:
-        channel = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=clean.shape)) / (1 + np.exp((radius - 0.3) / 0.02))))
-        return channel / channel.std()
-
     truth = 0.05 * float(t2_like.max())
-    noisy = np.hypot(clean + truth * windowed(), truth * windowed()).astype(np.float32)
+    radial_fermi = 1 / (1 + np.exp((np.hypot(*in_plane_frequencies(clean.shape)) - 0.3) / 0.02))
+    noisy = in_plane_windowed(clean, truth, radial_fermi, np.random.default_rng(0))
     known = noise.estimate_noise(noisy, known_sigma=truth)
     assert known.finest < 0.4 * truth
     assert np.all(known.correlation[1:, 1] > 0.55) and known.correlation[0, 1] < 0.2  # measured 0.63, 0.66; 0.15
     given = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False, sigma=truth)
-    cpu = torch.device("cpu")
-    pilot = pilot_step(noisy, truth, local_mean_kernel((1.0, 1.0, 1.0)), cpu, print)
-    white = wiener_step(noisy, pilot, truth, cpu, DEFAULT_SEARCH, lambda fraction: None, print)
-    head = clean > 0.1 * clean.max()
-    error_white, error_told = (np.sqrt(np.mean((volume - clean)[head] ** 2)) for volume in (white, given.denoised))
-    assert error_told < 0.95 * error_white  # measured: 7.38 against 8.15
+    error_white = head_error(taken_for_white(noisy, truth), clean)
+    assert head_error(given.denoised, clean) < 0.95 * error_white  # measured: 7.38 against 8.15
 
 
 @pytest.mark.parametrize("window", ["white", "hann"])
@@ -235,6 +237,6 @@ def test_detrended_blocks_read_each_voxel_s_sigma_whatever_the_window(window):
     ramp = np.broadcast_to(np.linspace(100.0, 300.0, shape[0])[:, None, None], shape)
     noisy = (ramp + 2.0 * channel).astype(np.float32)
     expected = 2.0 if window == "white" else 0.925 * 2.0
-    assert noise._detrended_sigma(noisy, ramp, 50.0, 8) == pytest.approx(expected, rel=0.04)
+    assert noise._detrended_sigma(noise._detrended_blocks(noisy, ramp, 50.0, 8)) == pytest.approx(expected, rel=0.04)
     haar = noise.estimate_noise(noisy).finest
     assert haar == pytest.approx(2.0, rel=0.05) if window == "white" else haar < 0.5 * 2.0
