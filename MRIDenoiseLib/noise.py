@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage, special
 
-from .zero_filling import zero_filled_axes, zero_filled_gain
+from .zero_filling import sampled_grids, zero_filled_axes
 
 GAUSSIAN_MAD = 0.6744897501960817
 # Below this signal-to-noise ratio the magnitude is visibly non-Gaussian, which biases the MAD.
@@ -389,9 +389,12 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     (``benchmarks/filtered_noise.py``), and sigma moves toward what detrended blocks read, where
     that reading holds from 6- to 8-cubed blocks (``NoiseEstimate.raised``).
 
-    Where the image looks zero-filled 2x along some axes (``zero_filling``), the detail is divided
-    by what it keeps of such noise, so that sigma is that of each voxel's noise as on an image
-    reconstructed on the grid it was sampled on.
+    Where the image looks zero-filled 2x along some axes (``zero_filling``), all of this runs on
+    the first grid it was sampled on (every other voxel along those axes), where such noise is
+    white and each voxel's sigma the same; the blocks are placed back on the image's grid. A
+    k-space window that cuts near half Nyquist, which the detection also takes for zero-filling,
+    leaves that grid's noise low-passed or aliased: the check then raises sigma there as it
+    would on any low-passed noise (``benchmarks/correlated_noise.py``).
 
     ``known_sigma``: the noise level where the caller knows it (``--sigma``). The noise's
     correlation (``NoiseEstimate.correlation``) is then read as far as the Haar detail sees less
@@ -401,19 +404,31 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     image = np.asarray(image, dtype=np.float32)
     whole_smooth = ndimage.uniform_filter(image, size=3)
     zero_filled = zero_filled_axes(image, whole_smooth)
+    if not zero_filled:
+        return _estimate_as_sampled(image, whole_smooth, known_sigma)
+    sampled = np.ascontiguousarray(image[sampled_grids(zero_filled)[0]])
+    found = _estimate_as_sampled(sampled, ndimage.uniform_filter(sampled, size=3), known_sigma)
+    if found.blocks is None:
+        return replace(found, zero_filled=zero_filled)
+    stride = np.array([2 if axis in zero_filled else 1 for axis in range(3)])
+    blocks = replace(found.blocks, centres=found.blocks.centres * stride, shape=image.shape)
+    return replace(found, blocks=blocks, zero_filled=zero_filled)
+
+
+def _estimate_as_sampled(image: np.ndarray, whole_smooth: np.ndarray, known_sigma: float | None) -> NoiseEstimate:
+    """``estimate_noise`` of an image on the grid it was sampled on (not zero-filled), given its
+    3x3x3 mean ``whole_smooth``."""
     detail = _haar_detail(image)
-    if zero_filled:
-        detail /= np.float32(zero_filled_gain(zero_filled))
     smooth = whole_smooth[tuple(slice(0, n) for n in detail.shape)]
     every = even_sample(detail.size, SAMPLED_ABOVE)
     sampled_smooth, sampled_detail = smooth[every], detail[every]
     positive = sampled_smooth[sampled_smooth > 0]
     if positive.size == 0:
-        return NoiseEstimate(0.0, None, zero_filled)
+        return NoiseEstimate(0.0, None)
     floor = float(np.percentile(positive, 25))
     sigma = _tissue_mad_sigma(sampled_smooth, floor, lambda tissue: sampled_detail[tissue])
     if min(detail.shape) < BLOCK:
-        return NoiseEstimate(sigma, None, zero_filled)
+        return NoiseEstimate(sigma, None)
     rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
     smooth_blocks = _blocks(smooth, BLOCK)
     darkest, level = smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1)
@@ -428,9 +443,8 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     counts = [n // BLOCK for n in detail.shape]
     centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
     blocks = NoiseBlocks(rms, darkest, level, centres, image.shape)
-    # The fourth difference sees almost none of half-band noise; a noise-free image has nothing to check.
-    if zero_filled or used is None or sigma <= 0:
-        return NoiseEstimate(sigma, blocks, zero_filled)
+    if used is None or sigma <= 0:  # a noise-free image has nothing to check
+        return NoiseEstimate(sigma, blocks)
     del detail, smooth
     spread = float(np.percentile(rms[used], 25)) / (sigma * offset)
     threshold = max(MIN_BLOCK_SNR * sigma, floor)
@@ -444,7 +458,8 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     correlation = _noise_correlation(detrended(DETRENDED_BLOCKS[-1])) if low_passed > 0 else None
     if correlation is not None:  # as far as the noise looks low-passed
         correlation = WHITE_CORRELATION + low_passed * (correlation - WHITE_CORRELATION)
-    return NoiseEstimate(checked, blocks, zero_filled, sigma, fourth, spread, readings, correlation)
+    return NoiseEstimate(checked, blocks, haar_sigma=sigma, fourth_sigma=fourth, spread=spread,
+                         detrended_sigmas=readings, correlation=correlation)
 
 
 SERIES_PAIRS = 8  # consecutive differences used around the chosen volume: enough voxels, little drift

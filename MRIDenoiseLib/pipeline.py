@@ -37,7 +37,7 @@ from .local_means import local_mean_kernel, restore_local_means
 from .network import GUIDE_DETAIL, GuideDetail, patch_means_guide
 from .noise import NoiseEstimate, estimate_noise, estimate_sigma
 from .noise_field import estimate_noise_field
-from .zero_filling import sampled_grids, sampled_spacing, zero_filled_correlation, zero_filled_gain
+from .zero_filling import sampled_grids, sampled_spacing, zero_filled_correlation
 
 StageProgress = Callable[[str, float], None]
 
@@ -189,7 +189,7 @@ def zero_filled_note(axes: tuple[int, ...], estimated: bool, whole_image: bool) 
     >>> zero_filled_note((1, 2), True, True).split(", so")[0]
     'the image looks interpolated 2x by zero-filling k-space along its I and J axes'
     >>> zero_filled_note((0,), True, True).split(": ")[1].split(", and ")[0]
-    'sigma was estimated for that (1.66 times what white noise would give)'
+    'sigma was estimated on one of the grids it was sampled on (every other voxel along that axis)'
     >>> zero_filled_note((0,), False, True).split(": ")[1]
     'each of the 2 grids it was sampled on was denoised apart, then the whole image, guided by their result'
     >>> zero_filled_note((0,), False, False).split(": ")[1]
@@ -200,8 +200,8 @@ def zero_filled_note(axes: tuple[int, ...], estimated: bool, whole_image: bool) 
              + (", then the whole image, guided by their result" if whole_image else ""))
     return (f"the image looks interpolated 2x by zero-filling k-space along its {names} ax{'es' if len(axes) > 1 else 'is'}, "
             "so its noise is correlated between neighbouring voxels: "
-            + (f"sigma was estimated for that ({1 / zero_filled_gain(axes):.2f} times what white noise would give), and "
-               + grids if estimated else grids))
+            + (f"sigma was estimated on one of the grids it was sampled on (every other voxel along "
+               f"{'those axes' if len(axes) > 1 else 'that axis'}), and " + grids if estimated else grids))
 
 
 @dataclass

@@ -221,6 +221,24 @@ def test_a_known_sigma_tells_the_step_how_low_passed_noise_correlates(colin27):
     assert head_error(given.denoised, clean) < 0.95 * error_white  # measured: 7.38 against 8.15
 
 
+def test_a_window_cutting_near_half_nyquist_is_estimated_on_the_grid_it_looks_sampled_on(colin27):
+    # A Fermi window of the in-plane radius at 0.275 cycles per voxel, 5% noise: its cut looks like
+    # 2x zero-filling along J and I (``zero_filling``), so sigma is estimated on every other voxel
+    # along them. The noise is still low-passed there (the window's disc inside that grid's band):
+    # its Haar detail reads 0.83 of each voxel's sigma, and the check raises it to 1.12. The whole
+    # image's Haar detail over what half-band noise keeps of it read 0.73.
+    truth = 0.05 * colin27.max()
+    radial_fermi = 1 / (1 + np.exp((np.hypot(*in_plane_frequencies(colin27.shape)) - 0.275) / 0.02))
+    noisy = in_plane_windowed(colin27, truth, radial_fermi, np.random.default_rng(0))
+    estimate = noise.estimate_noise(noisy)
+    assert estimate.zero_filled == (1, 2)
+    assert estimate.finest < 0.9 * truth and estimate.raised
+    assert estimate.sigma == pytest.approx(truth, rel=0.15)
+    # The grid's blocks are placed back over the whole image (the noise map fits them there).
+    assert estimate.blocks.shape == noisy.shape
+    assert np.all(estimate.blocks.centres.max(axis=0) > 0.9 * np.array(noisy.shape))
+
+
 @pytest.mark.parametrize("window", ["white", "hann"])
 def test_detrended_blocks_read_each_voxel_s_sigma_whatever_the_window(window):
     # A Hann window along two axes leaves the finest detail 0.35-0.43 of each voxel's sigma; the
