@@ -391,7 +391,7 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
 
     Where the image looks zero-filled 2x along some axes (``zero_filling``), all of this runs on
     the first grid it was sampled on (every other voxel along those axes), where such noise is
-    white and each voxel's sigma the same; the blocks are placed back on the image's grid. A
+    white and each voxel's sigma the same (the blocks, for the noise map, are the whole image's). A
     k-space window that cuts near half Nyquist, which the detection also takes for zero-filling,
     leaves that grid's noise low-passed or aliased: the check then raises sigma there as it
     would on any low-passed noise (``benchmarks/correlated_noise.py``).
@@ -410,9 +410,19 @@ def estimate_noise(image: np.ndarray, known_sigma: float | None = None) -> Noise
     found = _estimate_as_sampled(sampled, ndimage.uniform_filter(sampled, size=3), known_sigma)
     if found.blocks is None:
         return replace(found, zero_filled=zero_filled)
-    stride = np.array([2 if axis in zero_filled else 1 for axis in range(3)])
-    blocks = replace(found.blocks, centres=found.blocks.centres * stride, shape=image.shape)
-    return replace(found, blocks=blocks, zero_filled=zero_filled)
+    # The noise map is relative: it fits the whole image's blocks (on the grid's blocks it
+    # followed a g-factor-like ramp less closely), tissue told by the grid's sigma.
+    return replace(found, blocks=_noise_blocks(_haar_detail(image), whole_smooth, image.shape), zero_filled=zero_filled)
+
+
+def _noise_blocks(detail: np.ndarray, smooth: np.ndarray, shape: tuple[int, int, int]) -> NoiseBlocks:
+    """The ``BLOCK``-cubed blocks of the Haar ``detail`` of an image of ``shape`` whose 3x3x3
+    mean is ``smooth`` (cut to the detail's shape)."""
+    rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
+    smooth_blocks = _blocks(smooth[tuple(slice(0, n) for n in detail.shape)], BLOCK)
+    counts = [n // BLOCK for n in detail.shape]
+    centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
+    return NoiseBlocks(rms, smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1), centres, shape)
 
 
 def _estimate_as_sampled(image: np.ndarray, whole_smooth: np.ndarray, known_sigma: float | None) -> NoiseEstimate:
@@ -429,10 +439,8 @@ def _estimate_as_sampled(image: np.ndarray, whole_smooth: np.ndarray, known_sigm
     sigma = _tissue_mad_sigma(sampled_smooth, floor, lambda tissue: sampled_detail[tissue])
     if min(detail.shape) < BLOCK:
         return NoiseEstimate(sigma, None)
-    rms = np.sqrt(_blocks(detail**2, BLOCK).mean(axis=1))
-    smooth_blocks = _blocks(smooth, BLOCK)
-    darkest, level = smooth_blocks.min(axis=1), smooth_blocks.mean(axis=1)
-    del smooth_blocks  # a copy of the volume
+    blocks = _noise_blocks(detail, smooth, image.shape)
+    rms, darkest = blocks.rms, blocks.darkest
     offset = block_percentile_gain(BLOCK, BLOCK_PERCENTILE)
     used = None
     for _ in range(3):
@@ -440,9 +448,6 @@ def _estimate_as_sampled(image: np.ndarray, whole_smooth: np.ndarray, known_sigm
         if tissue.sum() < MIN_BLOCKS:
             break
         sigma, used = float(np.percentile(rms[tissue], BLOCK_PERCENTILE)) / offset, tissue
-    counts = [n // BLOCK for n in detail.shape]
-    centres = np.stack(np.meshgrid(*[(np.arange(c) + 0.5) * BLOCK for c in counts], indexing="ij"), -1).reshape(-1, 3)
-    blocks = NoiseBlocks(rms, darkest, level, centres, image.shape)
     if used is None or sigma <= 0:  # a noise-free image has nothing to check
         return NoiseEstimate(sigma, blocks)
     del detail, smooth
