@@ -14,7 +14,11 @@ seeded draw each, the first two zero-filled along the last two NumPy axes:
   first version of this benchmark; no scanner makes it, and the cut is harder to see under the
   anatomy); scored against the clean scan;
 - scanner, through-plane: as the scanner kind, but zero-filled along superior-inferior alone
-  (slice interpolation of an axial acquisition, as GE's ZIP2 makes it).
+  (slice interpolation of an axial acquisition, as GE's ZIP2 makes it);
+- scanner, windowed: as the scanner kind, the k-space it sampled also filtered (a Hamming window
+  along each in-plane axis, or a Fermi window of the in-plane radius at 0.9 of the band's edge,
+  width 0.04), as scanners filter before they zero-fill; scored against the clean scan so cut
+  and filtered.
 
 PSNR inside the clean case's head mask (peak = the reference's maximum) of the noisy input, DIPY
 and ANTs as ``benchmarks/quality.py`` runs them, MRIDenoise (its own sigma estimate, which looks
@@ -59,6 +63,22 @@ CASES_NOISE_ONLY = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("Colin27", "
 CASES_THROUGH_PLANE = [(Case("IXI080"), 5), (Case("Colin27", "T2", block=2), 5), (Case("Colin27", "PD", block=2), 9)]
 
 
+def hamming(frequencies: list[np.ndarray]) -> np.ndarray:
+    """A Hamming window along each axis of the sampled band (``cut_k_space``'s frequencies)."""
+    return np.prod([0.54 + 0.46 * np.cos(np.pi * frequency) for frequency in frequencies], axis=0)
+
+
+def radial_fermi(frequencies: list[np.ndarray]) -> np.ndarray:
+    """A Fermi window of the radius over the sampled band, at 0.9 of its edge, width 0.04."""
+    radius = np.sqrt(sum(frequency**2 for frequency in frequencies))
+    return 1 / (1 + np.exp((radius - 0.9) / 0.04))
+
+
+WINDOWS = {"Hamming": hamming, "radial Fermi": radial_fermi}
+CASES_WINDOWED = [(Case("IXI080"), 5, "Hamming"), (Case("IXI080"), 5, "radial Fermi"),
+                  (Case("Colin27", "T2", block=2), 5, "Hamming"), (Case("Colin27", "T1", block=2), 3, "radial Fermi")]
+
+
 def steps(volume: np.ndarray, axes=(0, 1, 2)) -> list[float]:
     return [step for axis, step in half_nyquist_steps(volume).items() if axis in axes]
 
@@ -88,20 +108,22 @@ def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
           "sigma: as white, corrected | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, true sigma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, cases in (("scanner", CASES_SCANNER), ("noise only", CASES_NOISE_ONLY),
-                        ("scanner, through-plane", CASES_THROUGH_PLANE)):
-        for case, percent in cases:
+                        ("scanner, through-plane", CASES_THROUGH_PLANE), ("scanner, windowed", CASES_WINDOWED)):
+        for case, percent, *named in cases:
             clean, spacing, _, _ = maker.clean(case)
             mask, xyz = head_mask(clean), tuple(reversed(spacing))
             sigma, rng = percent / 100 * float(clean.max()), np.random.default_rng(5)
             cut = (superior_axis(maker.scan(case.scan)[0]),) if kind == "scanner, through-plane" else IN_PLANE
-            make = (lambda c, s, r: zero_filled_scan(c, s, r, cut)) if kind.startswith("scanner") else noise_only_case
+            window = named[0] if named else None  # the windowed kind's
+            make = ((lambda c, s, r: zero_filled_scan(c, s, r, cut, WINDOWS.get(window))) if kind.startswith("scanner")
+                    else noise_only_case)
             reference, noisy = make(clean, sigma, rng)
             lag = lag_correlation(noisy - reference, reference > 0.5 * reference.max(), cut[-1])
             ours = pipeline.run(noisy, xyz, bias_correction=False)
             results = [noisy, run_dipy(noisy) if peers else None, run_ants(noisy, xyz) if peers else None, ours.denoised,
                        pipeline.run(noisy, xyz, bias_correction=False, sigma=sigma).denoised]
             found = ", ".join("KJI"[axis] for axis in ours.zero_filled) or "none"
-            print(f"| {kind} | {case.name} | {percent}% | {lag:.2f} | "
+            print(f"| {kind} | {case.name}{', ' + window if window else ''} | {percent}% | {lag:.2f} | "
                   + " / ".join(f"{step:.2f}" for step in steps(noisy, cut)) + f" | {found} | "
                   f"{ours.sigma * zero_filled_gain(ours.zero_filled) / sigma:.2f}, {ours.sigma / sigma:.2f} | "
                   + " | ".join("—" if volume is None else f"{psnr(reference, volume, mask):.2f}" for volume in results)
