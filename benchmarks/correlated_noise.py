@@ -65,7 +65,10 @@ CASES_THROUGH_PLANE = [(Case("IXI080"), 5), (Case("Colin27", "T2", block=2), 5),
 
 def hamming(frequencies: list[np.ndarray]) -> np.ndarray:
     """A Hamming window along each axis of the sampled band (``cut_k_space``'s frequencies)."""
-    return np.prod([0.54 + 0.46 * np.cos(np.pi * frequency) for frequency in frequencies], axis=0)
+    weights = 1.0
+    for frequency in frequencies:
+        weights = weights * (0.54 + 0.46 * np.cos(np.pi * frequency))
+    return weights
 
 
 def radial_fermi(frequencies: list[np.ndarray]) -> np.ndarray:
