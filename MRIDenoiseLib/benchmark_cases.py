@@ -11,7 +11,8 @@ the voxel size per NumPy axis, in mm.
 - :func:`bias_field` is a fixed smooth multiplicative field of +-20%.
 - :func:`zero_filled_scan` is a scan sampled at half the resolution along some axes and
   reconstructed 2x by zero-filling its k-space, anatomy and noise alike (noise comes with it, as
-  the interpolation low-passes both); :func:`cut_k_space` is that cut.
+  the interpolation low-passes both); :func:`cut_k_space` is that cut, where given filtered by
+  a scanner's k-space window (:func:`hamming_window`, :func:`radial_fermi_window`).
   :func:`partial_fourier_scan` is one whose k-space was sampled 6/8 along an axis, the rest
   zero-filled: a cut on one side only, which must not be taken for the former.
 - :func:`place_lesions` and :func:`insert_lesions` add small smooth-edged spheres, hypo- and
@@ -346,8 +347,7 @@ def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2),
     >>> cut = cut_k_space(line, (2,)).real[0, 0]  # an impulse spread over its neighbours
     >>> round(float(cut[3]), 2), round(float(cut.sum()), 2), np.round(cut[2:5], 2).tolist()
     (0.5, 1.0, [0.3, 0.5, 0.3])
-    >>> hamming = lambda frequencies: 0.54 + 0.46 * np.cos(np.pi * frequencies[0])
-    >>> np.round(cut_k_space(line, (2,), hamming).real[0, 0, 2:5], 2).tolist()  # smoother
+    >>> np.round(cut_k_space(line, (2,), hamming_window).real[0, 0, 2:5], 2).tolist()  # smoother
     [0.22, 0.27, 0.22]
     """
     spectrum = np.fft.fftn(volume)
@@ -361,6 +361,29 @@ def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2),
     if window is not None:
         spectrum *= window(frequencies)
     return np.fft.ifftn(spectrum)
+
+
+def hamming_window(frequencies: list[np.ndarray]) -> np.ndarray:
+    """A Hamming window along each axis of the sampled band (``cut_k_space``'s ``window``).
+
+    >>> np.round(hamming_window([np.array([0.0, 0.5, 1.0])]), 2).tolist()
+    [1.0, 0.54, 0.08]
+    """
+    weights = np.float64(1.0)
+    for frequency in frequencies:
+        weights = weights * (0.54 + 0.46 * np.cos(np.pi * frequency))
+    return weights
+
+
+def radial_fermi_window(frequencies: list[np.ndarray]) -> np.ndarray:
+    """A Fermi window of the radius over the sampled band (``cut_k_space``'s ``window``), at 0.9
+    of its edge, width 0.04.
+
+    >>> np.round(radial_fermi_window([np.array([0.0, 0.9]), np.array([0.0, 0.0])]), 2).tolist()
+    [1.0, 0.5]
+    """
+    radius = np.sqrt(sum(frequency**2 for frequency in frequencies))
+    return 1 / (1 + np.exp((radius - 0.9) / 0.04))
 
 
 def zero_filled_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator, axes: Sequence[int] = (1, 2),

@@ -328,9 +328,10 @@ class DenoisePipeline:
         started = time.perf_counter()
         fallbacks: list[str] = []  # the GPU ran out of memory: the CPU finished the job
         search = THOROUGH_SEARCH if thorough else DEFAULT_SEARCH
-        # A zero-filled image is denoised on each grid it was sampled on, where its noise is white.
-        # Where one or two axes are (in-plane interpolation), a magnitude image's grids then guide
-        # the grouped step over the whole image, told how its noise is spread over a window's
+        # A zero-filled image is denoised on each grid it was sampled on, where its noise is white
+        # (or as low-passed as a scanner's k-space window left it there: ``low_passed``, read on a
+        # grid). Where one or two axes are (in-plane interpolation), a magnitude image's grids then
+        # guide the grouped step over the whole image, told how its noise is spread over a window's
         # frequencies (``zero_filling.zero_filled_correlation``). Along all three that step lost up to
         # 0.37 dB (a window of 4 voxels holds 2 samples along each axis): the grids stay apart.
         grids, grid_spacing = sampled_grids(zero_filled), sampled_spacing(spacing, zero_filled)
@@ -352,7 +353,7 @@ class DenoisePipeline:
         if whole_image_step:
             denoised = wiener_step(uniform, denoised, sigma, step_device(chosen, fallbacks), search,
                                    after_share(lambda fraction: report(STAGE_DENOISE, fraction), grids_share, cancel),
-                                   fallbacks.append, noise_correlation=zero_filled_correlation(zero_filled, BLOCK))
+                                   fallbacks.append, noise_correlation=zero_filled_correlation(zero_filled, BLOCK, low_passed))
         # The local means given back over the voxels of the last step: each grid's where they stay apart.
         given_back, given_back_spacing = ([(slice(None),) * 3], spacing) if whole_image_step else (grids, grid_spacing)
         for grid in given_back if preserve_detail else ():

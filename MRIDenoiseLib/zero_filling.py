@@ -16,7 +16,7 @@ leaves at least a quarter of the power past it, and smooth anatomy a slope.
 ``zero_filled_gain`` is what the finest detail keeps of the sigma. Every other voxel along a
 zero-filled axis is a sample as the scanner took it, with white noise: ``sampled_grids`` are
 those interleaved grids, ``sampled_spacing`` their voxel size. ``zero_filled_correlation`` is
-such noise's correlation between voxels on the whole grid.
+such noise's correlation between voxels on the whole grid, from its correlation on theirs.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -108,16 +108,29 @@ def zero_filled_gain(axes: tuple[int, ...]) -> float:
     return float(np.sqrt(1 - 2 / np.pi) ** len(axes))
 
 
-def zero_filled_correlation(axes: tuple[int, ...], length: int) -> list[np.ndarray]:
+def zero_filled_correlation(axes: tuple[int, ...], length: int, sampled: np.ndarray | None = None) -> list[np.ndarray]:
     """Per NumPy axis, the noise's correlation at lags 0 to ``length`` - 1 once it is zero-filled
-    2x along ``axes`` (band-limited to half Nyquist: sinc(k / 2)), white along the others; the
+    2x along ``axes``, given its correlation on the grids it was sampled on (``sampled``: per
+    axis, lags 0 to ``length`` - 1; None: white, as the scanner took it unfiltered). Along a
+    zero-filled axis the noise is band-limited to half Nyquist, so its correlation is the grid's
+    at even lags and their band-limited interpolation between (sinc((lag - 2k) / 2) over the
+    grid's lags k; white on the grid: sinc(lag / 2)); along the others it is the grid's. The
     grouped step spreads it over a window's DCT frequencies (``block_matching.dct_noise_shares``).
 
     >>> [np.round(axis, 3).tolist() for axis in zero_filled_correlation((1,), 3)]
     [[1.0, 0.0, 0.0], [1.0, 0.637, 0.0], [1.0, 0.0, 0.0]]
+    >>> hamming = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0.625, 0.133, 0]])  # a Hamming window on the grid
+    >>> np.round(zero_filled_correlation((2,), 4, hamming)[2], 3).tolist()  # the whole grid's: 0.891 and 0.338
+    [1.0, 0.891, 0.625, 0.338]
     """
-    lags = np.arange(length)
-    return [np.sinc(lags / 2) if axis in axes else (lags == 0).astype(np.float64) for axis in range(3)]
+    lags, grid_lags = np.arange(length), np.arange(1 - length, length)
+    correlation = []
+    for axis in range(3):
+        on_grid = (lags == 0).astype(np.float64) if sampled is None else np.asarray(sampled[axis], np.float64)
+        if axis in axes:
+            on_grid = np.array([np.sum(on_grid[np.abs(grid_lags)] * np.sinc((lag - 2 * grid_lags) / 2)) for lag in lags])
+        correlation.append(on_grid)
+    return correlation
 
 
 def sampled_grids(axes: tuple[int, ...]) -> list[tuple[slice, slice, slice]]:

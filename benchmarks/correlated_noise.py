@@ -48,7 +48,7 @@ import SimpleITK as sitk
 from quality import CASES, Case, CaseMaker, case_noise, run_ants, run_dipy, superior_axis
 from real_noise import SERIES, load_series
 
-from MRIDenoiseLib.benchmark_cases import cut_k_space, partial_fourier_scan, zero_filled_scan
+from MRIDenoiseLib.benchmark_cases import cut_k_space, hamming_window, partial_fourier_scan, radial_fermi_window, zero_filled_scan
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
 from MRIDenoiseLib.pipeline import DenoisePipeline
@@ -63,21 +63,7 @@ CASES_NOISE_ONLY = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("Colin27", "
 CASES_THROUGH_PLANE = [(Case("IXI080"), 5), (Case("Colin27", "T2", block=2), 5), (Case("Colin27", "PD", block=2), 9)]
 
 
-def hamming(frequencies: list[np.ndarray]) -> np.ndarray:
-    """A Hamming window along each axis of the sampled band (``cut_k_space``'s frequencies)."""
-    weights = 1.0
-    for frequency in frequencies:
-        weights = weights * (0.54 + 0.46 * np.cos(np.pi * frequency))
-    return weights
-
-
-def radial_fermi(frequencies: list[np.ndarray]) -> np.ndarray:
-    """A Fermi window of the radius over the sampled band, at 0.9 of its edge, width 0.04."""
-    radius = np.sqrt(sum(frequency**2 for frequency in frequencies))
-    return 1 / (1 + np.exp((radius - 0.9) / 0.04))
-
-
-WINDOWS = {"Hamming": hamming, "radial Fermi": radial_fermi}
+WINDOWS = {"Hamming": hamming_window, "radial Fermi": radial_fermi_window}
 CASES_WINDOWED = [(Case("IXI080"), 5, "Hamming"), (Case("IXI080"), 5, "radial Fermi"),
                   (Case("Colin27", "T2", block=2), 5, "Hamming"), (Case("Colin27", "T1", block=2), 3, "radial Fermi")]
 
