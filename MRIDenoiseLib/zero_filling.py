@@ -13,10 +13,11 @@ cleaner than it is.
 below what the slope beneath it predicts. In the tissue the magnitude is close to the complex
 image, so the cut shows there nearly whole; partial Fourier (one side of k-space zero-filled)
 leaves at least a quarter of the power past it, and smooth anatomy a slope.
-``zero_filled_gain`` is what the finest detail keeps of the sigma. Every other voxel along a
-zero-filled axis is a sample as the scanner took it, with white noise: ``sampled_grids`` are
-those interleaved grids, ``sampled_spacing`` their voxel size. ``zero_filled_correlation`` is
-such noise's correlation between voxels on the whole grid, from its correlation on theirs.
+Every other voxel along a zero-filled axis is a sample as the scanner took it, with white noise
+(or as low-passed as a k-space filter before the zero-filling left it): ``sampled_grids`` are
+those interleaved grids, where ``noise.estimate_noise`` reads sigma, ``sampled_spacing`` their
+voxel size. ``zero_filled_correlation`` is such noise's correlation between voxels on the whole
+grid, from its correlation on theirs.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -30,7 +31,7 @@ such noise's correlation between voxels on the whole grid, from its correlation 
 ((), (2,))
 >>> noise = np.real(np.fft.ifft(np.fft.fft(white - box, axis=2) * (np.abs(np.fft.fftfreq(64)) < 0.25), axis=2))
 >>> finest = np.diff(noise, axis=2).std() / np.sqrt(2) / noise.std()
->>> round(zero_filled_gain((2,)), 3), bool(abs(finest - zero_filled_gain((2,))) < 0.02)
+>>> round(float(np.sqrt(1 - 2 / np.pi)), 3), bool(abs(finest - np.sqrt(1 - 2 / np.pi)) < 0.02)
 (0.603, True)
 """
 
@@ -99,13 +100,6 @@ def zero_filled_axes(image: np.ndarray, smooth: np.ndarray | None = None) -> tup
     """The axes along which ``image`` looks interpolated 2x by zero-filling its k-space
     (``half_nyquist_steps`` above MIN_STEP)."""
     return tuple(axis for axis, step in half_nyquist_steps(image, smooth).items() if step > MIN_STEP)
-
-
-def zero_filled_gain(axes: tuple[int, ...]) -> float:
-    """What the finest Haar detail keeps of white noise's sigma once the noise is zero-filled 2x
-    along ``axes``: ``sqrt(1 - 2/pi)`` per axis (the lag-1 correlation of noise band-limited to
-    half Nyquist is ``sinc(1/2) = 2/pi``)."""
-    return float(np.sqrt(1 - 2 / np.pi) ** len(axes))
 
 
 def zero_filled_correlation(axes: tuple[int, ...], length: int, sampled: np.ndarray | None = None) -> list[np.ndarray]:

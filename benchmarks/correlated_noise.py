@@ -27,8 +27,9 @@ apart, then the whole image with their result as the pilot and gains that know t
 spectrum), and MRIDenoise given the true sigma (``--sigma``); with the noise's lag-1 correlation
 along the last axis that was cut (in bright tissue), the step in the power spectrum at half Nyquist
 beyond the slope beside it on each axis that was cut, the axes the estimate took as zero-filled, and the
-estimate over the true sigma, as the finest detail reads it (white noise assumed, as before the
-correction) and corrected.
+estimate over the true sigma: as the finest (Haar) detail of the grid it ran on reads it (the
+first sampled grid where zero-filled, else the image; ``noise.NoiseEstimate.finest``), and as
+used (after the check that raises it where that grid's noise is low-passed).
 
 Then how the step is spread where there is no cut (the threshold, ``zero_filling.MIN_STEP``, must
 stay above all of these): the quality benchmark's 48 noisy inputs, the raw training scans,
@@ -51,8 +52,9 @@ from real_noise import SERIES, load_series
 from MRIDenoiseLib.benchmark_cases import cut_k_space, hamming_window, partial_fourier_scan, radial_fermi_window, zero_filled_scan
 from MRIDenoiseLib.mask import head_mask
 from MRIDenoiseLib.metrics import psnr
+from MRIDenoiseLib.noise import estimate_noise
 from MRIDenoiseLib.pipeline import DenoisePipeline
-from MRIDenoiseLib.zero_filling import MIN_SEGMENTS, MIN_STEP, SEGMENT, half_nyquist_steps, zero_filled_gain
+from MRIDenoiseLib.zero_filling import MIN_SEGMENTS, MIN_STEP, SEGMENT, half_nyquist_steps
 
 IN_PLANE = (1, 2)
 CASES_SCANNER = [(Case("IXI080"), 5), (Case("IXI130"), 9), (Case("IXI080", "T2"), 5),
@@ -94,7 +96,7 @@ def noise_only_case(clean: np.ndarray, sigma: float, rng: np.random.Generator) -
 def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
     print("| kind | case | noise | lag-1 correlation (last cut axis) | step at half Nyquist (cut axes) | axes found | "
           "estimate / true "
-          "sigma: as white, corrected | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, true sigma |")
+          "sigma: finest detail, used | noisy | DIPY nlmeans | ANTs DenoiseImage | MRIDenoise | MRIDenoise, true sigma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, cases in (("scanner", CASES_SCANNER), ("noise only", CASES_NOISE_ONLY),
                         ("scanner, through-plane", CASES_THROUGH_PLANE), ("scanner, windowed", CASES_WINDOWED)):
@@ -114,7 +116,7 @@ def compare(maker: CaseMaker, pipeline: DenoisePipeline, peers: bool) -> None:
             found = ", ".join("KJI"[axis] for axis in ours.zero_filled) or "none"
             print(f"| {kind} | {case.name}{', ' + window if window else ''} | {percent}% | {lag:.2f} | "
                   + " / ".join(f"{step:.2f}" for step in steps(noisy, cut)) + f" | {found} | "
-                  f"{ours.sigma * zero_filled_gain(ours.zero_filled) / sigma:.2f}, {ours.sigma / sigma:.2f} | "
+                  f"{estimate_noise(noisy).finest / sigma:.2f}, {ours.sigma / sigma:.2f} | "
                   + " | ".join("—" if volume is None else f"{psnr(reference, volume, mask):.2f}" for volume in results)
                   + " |", flush=True)
 
