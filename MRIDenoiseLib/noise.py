@@ -190,7 +190,8 @@ class NoiseEstimate:
     zero_filled: tuple[int, ...] = ()  # axes along which the image looks interpolated 2x (``zero_filling``)
     # The estimates from the Haar detail (which ``blocks`` hold) and from the fourth difference,
     # where the latter was measured; ``sigma`` moves from the Haar one where they disagree
-    # (``checked_sigma``).
+    # (``checked_sigma``). Where the image looks zero-filled, these, the spread, the detrended
+    # readings and the correlation are a sampled grid's (``estimate_noise``); the blocks the image's.
     haar_sigma: float | None = None
     fourth_sigma: float | None = None
     spread: float | None = None  # the Haar blocks' 25th percentile RMS over their 2nd (``ANATOMY_SPREAD``)
@@ -203,7 +204,7 @@ class NoiseEstimate:
 
     @property
     def finest(self) -> float:
-        """The sigma ``blocks`` measure: the Haar detail's."""
+        """The sigma the Haar detail reads (of the image, or of its sampled grid where zero-filled)."""
         return self.sigma if self.haar_sigma is None else self.haar_sigma
 
     @property
