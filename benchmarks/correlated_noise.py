@@ -3,9 +3,9 @@
     python benchmarks/correlated_noise.py --data ../shared/data [--no-peers]
 
 Many scanners reconstruct on a finer grid than they sample (2x in-plane "zero-filled
-interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Three
+interpolation"): the noise is then low-passed, and neighbouring voxels' noise correlates. Four
 kinds of case, made from the quality benchmark's held-out scans (``quality.CaseMaker``), one
-seeded draw each, the first two zero-filled along the last two NumPy axes:
+seeded draw each, all but the third zero-filled along the last two NumPy axes:
 
 - scanner: the scan sampled at half the in-plane resolution and reconstructed 2x, anatomy and
   noise both cut to the inner half of k-space (``benchmark_cases.zero_filled_scan``); scored
