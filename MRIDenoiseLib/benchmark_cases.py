@@ -337,8 +337,9 @@ def _complex_noise(rng: np.random.Generator, shape) -> np.ndarray:
 
 
 def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2),
-                window: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> np.ndarray:
-    """``volume`` with the outer half of its k-space along ``axes`` set to zero (complex), and
+                window: Callable[[list[np.ndarray]], np.ndarray] | None = None, factor: float = 2) -> np.ndarray:
+    """``volume`` with the outer half of its k-space along ``axes`` set to zero (complex; all but
+    the inner 1 / ``factor`` of it, a reconstruction ``factor`` times finer than the sampling), and
     what is kept weighted by ``window`` where given: a function of the frequencies along
     ``axes`` (one array each, shaped to broadcast), as fractions of the kept band's edge (-1 to 1),
     as a scanner filters the k-space it sampled (Hamming, Fermi).
@@ -354,10 +355,10 @@ def cut_k_space(volume: np.ndarray, axes: Sequence[int] = (1, 2),
     frequencies = []
     for axis in axes:
         n = volume.shape[axis]
-        kept = np.zeros(n, bool)
-        kept[: n // 4] = kept[-(n // 4):] = True
+        kept, half = np.zeros(n, bool), int(n / (2 * factor))
+        kept[:half] = kept[-half:] = True
         spectrum *= _along(kept, axis, volume.ndim)
-        frequencies.append(_along(np.fft.fftfreq(n) * 4, axis, volume.ndim))
+        frequencies.append(_along(np.fft.fftfreq(n) * 2 * factor, axis, volume.ndim))
     if window is not None:
         spectrum *= window(frequencies)
     return np.fft.ifftn(spectrum)
@@ -387,14 +388,15 @@ def radial_fermi_window(frequencies: list[np.ndarray]) -> np.ndarray:
 
 
 def zero_filled_scan(clean: np.ndarray, sigma: float, rng: np.random.Generator, axes: Sequence[int] = (1, 2),
-                     window: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     window: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+                     factor: float = 2) -> tuple[np.ndarray, np.ndarray]:
     """(reference, noisy) float32 magnitudes of ``clean`` sampled at half the resolution along
-    ``axes`` and reconstructed 2x by zero-filling: the clean image and complex white noise both
-    cut to the inner half of k-space there (and filtered by ``window``, ``cut_k_space``), the
-    noise scaled to ``sigma`` per voxel and channel."""
-    noise = cut_k_space(_complex_noise(rng, clean.shape), axes, window)
+    ``axes`` (1 / ``factor`` of it) and reconstructed 2x (``factor`` times) by zero-filling: the
+    clean image and complex white noise both cut to the inner half of k-space there (and filtered
+    by ``window``, ``cut_k_space``), the noise scaled to ``sigma`` per voxel and channel."""
+    noise = cut_k_space(_complex_noise(rng, clean.shape), axes, window, factor)
     noise *= sigma / np.sqrt(np.mean(noise.real**2))
-    band_limited = cut_k_space(clean, axes, window).real
+    band_limited = cut_k_space(clean, axes, window, factor).real
     return np.abs(band_limited).astype(np.float32), np.abs(band_limited + noise).astype(np.float32)
 
 

@@ -35,8 +35,9 @@ Then how the step is spread where there is no cut (the threshold, ``zero_filling
 stay above all of these): the quality benchmark's 48 noisy inputs, the raw training scans,
 nibabel's three real series, and partial Fourier 6/8 acquisitions zero-filled on one side
 (``benchmark_cases.partial_fourier_scan``; taken for zero-filled interpolation, they lost up to
-3.7 dB in a first version of the detector); and where there is one, the scanner kind at 1 to 15%
-noise (it must stay below those).
+3.7 dB in a first version of the detector), and scans zero-filled by 1.25x and 1.5x, which are
+read as low-passed noise, not as 2x; and where there is one, the scanner and windowed kinds at 1
+to 15% noise (they must stay below those).
 """
 
 from __future__ import annotations
@@ -138,20 +139,29 @@ def spread(maker: CaseMaker, data: Path) -> None:
         print(f"| nibabel {name}, volume 0 | 1 | {max(found):.2f} | |" if found else
               f"| nibabel {name}, volume 0 | 1 | — | {' x '.join(map(str, volume.shape))} voxels: no axis with "
               f"{MIN_SEGMENTS} segments of {SEGMENT} in the tissue |")
-    cut, partial = [], []
+    cut, partial, other_factors, windowed = [], [], [], []
     for case in (Case("Colin27"), Case("Colin27", "T2"), Case("Colin27", "PD"), Case("IXI080"), Case("IXI130"),
                  Case("IXI080", "T2")):
         clean = maker.clean(case)[0]
         for percent in (1, 2, 3, 5, 9, 15):
-            sigma = percent / 100 * float(clean.max())
-            partial.append((max(steps(partial_fourier_scan(clean, sigma, np.random.default_rng(7))[1])),
-                            f"{case.name} {percent}%"))
+            sigma, name = percent / 100 * float(clean.max()), f"{case.name} {percent}%"
+            partial.append((max(steps(partial_fourier_scan(clean, sigma, np.random.default_rng(7))[1])), name))
             _, noisy = zero_filled_scan(clean, sigma, np.random.default_rng(7), IN_PLANE)
-            cut.append((min(steps(noisy, IN_PLANE)), f"{case.name} {percent}%"))
+            cut.append((min(steps(noisy, IN_PLANE)), name))
+            for factor in (1.25, 1.5):
+                _, noisy = zero_filled_scan(clean, sigma, np.random.default_rng(7), IN_PLANE, factor=factor)
+                other_factors.append((max(steps(noisy)), f"{name}, {factor}x"))
+            for window, weights in WINDOWS.items():
+                _, noisy = zero_filled_scan(clean, sigma, np.random.default_rng(7), IN_PLANE, weights)
+                windowed.append((min(steps(noisy, IN_PLANE)), f"{name}, {window}"))
     print(f"| partial Fourier 6/8 along I, one side zero-filled, 1-15% noise | {len(partial)} | {max(partial)[0]:.2f} "
           f"| {max(partial)[1]} |")
+    print(f"| zero-filled 1.25x and 1.5x in-plane (not 2x), 1-15% noise | {len(other_factors)} | "
+          f"{max(other_factors)[0]:.2f} | {max(other_factors)[1]} |")
     print(f"| scanner kind, zero-filled in-plane, 1-15% noise (the smaller of J and I) | {len(cut)} | smallest "
           f"{min(cut)[0]:.2f} | {min(cut)[1]} |")
+    print(f"| windowed kind (Hamming or radial Fermi), zero-filled in-plane, 1-15% noise (the smaller of J and I) | "
+          f"{len(windowed)} | smallest {min(windowed)[0]:.2f} | {min(windowed)[1]} |")
     print(f"\nThreshold (`zero_filling.MIN_STEP`): {MIN_STEP}.")
 
 
