@@ -36,8 +36,9 @@ stay above all of these): the quality benchmark's 48 noisy inputs, the raw train
 nibabel's three real series, and partial Fourier 6/8 acquisitions zero-filled on one side
 (``benchmark_cases.partial_fourier_scan``; taken for zero-filled interpolation, they lost up to
 3.7 dB in a first version of the detector), and scans zero-filled by 1.25x and 1.5x, which are
-read as low-passed noise, not as 2x; and where there is one, the scanner and windowed kinds at 1
-to 15% noise (they must stay below those).
+read as low-passed noise, not as 2x; and where there is one, the scanner kind at 1 to 15% noise
+(it must stay above the threshold), and the windowed kind, whose smooth window leaves a smaller
+step (at high noise it falls below it).
 """
 
 from __future__ import annotations
