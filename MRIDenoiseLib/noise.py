@@ -86,7 +86,7 @@ DetrendedBlocks = tuple[np.ndarray, np.ndarray]
 # each window frequency's noise apart (``block_matching.dct_noise_shares``).
 # Under in-plane Fermi, Hamming and Hann windows (``benchmarks/filtered_noise.py``) the shares it
 # gives are within 0.1 of the window's own at every frequency on Colin27 at 1 mm.
-CORRELATION_LAGS = 4
+CORRELATION_LAGS = 4  # dct_wiener.BLOCK, which Testing/test_noise.py checks (noise stays free of torch)
 WHITE_CORRELATION = np.eye(1, CORRELATION_LAGS)
 # BLOCK_PERCENTILE's block RMS fourth difference over sigma in white noise: 0.6994 (standard error
 # 0.0003) over 20 draws of 190-cubed Gaussian noise. The chi-square of ``block_percentile_gain``

@@ -140,6 +140,13 @@ def varying_noise(volume: np.ndarray, magnitude: bool, estimate: NoiseEstimate, 
 
 
 LOW_PASSED = "the image's noise looks low-passed between voxels (a k-space window)"
+SIGMA_ADVICE = "if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)"
+# An estimate that could not be checked is noted below this fraction of the robust maximum: noise
+# above it fills the finest detail, whatever the anatomy adds (Colin27 averaged to 4 x 4 x 8 mm,
+# checked, reads 1.4-1.8 times the truth at 2% of its maximum, less the higher the noise:
+# ``benchmarks/coarse_low_noise.py``), and at high noise too few blocks of tissue are well above
+# it for the check to run (some 2 mm IXI T1 scans at 9%).
+UNCHECKED_NOTE_BELOW = 0.05
 
 
 def correlation_note(correlation: np.ndarray) -> str:
@@ -169,7 +176,23 @@ def checked_sigma_note(haar_sigma: float, sigma: float, scale: float, correlatio
     told = "" if correlation is None else "; " + correlation_note(correlation)
     return (f"{reason}: sigma was {'lowered' if sigma < haar_sigma else 'raised'} to {sigma:.4g} "
             f"({100 * sigma / scale:.2f}% of the robust maximum) from {haar_sigma:.4g} ({100 * haar_sigma / scale:.2f}%), "
-            f"which that detail gives{told}; if you know the noise level, pass it (--sigma), or give the 4-D series (--volume)")
+            f"which that detail gives{told}; {SIGMA_ADVICE}")
+
+
+def unchecked_sigma_note(sigma: float, scale: float) -> str:
+    """What the user is told where the noise estimate could not be checked against the anatomy
+    (``noise.NoiseEstimate.fourth_sigma`` is None): on a volume thinner than the check's blocks,
+    or with too few of them in tissue well above the noise, sigma is the finest detail's alone,
+    which reads high where anatomy fills that detail (nibabel's 3-slice ``functional.nii``: 3.3
+    times the series' sigma). Noted only below ``UNCHECKED_NOTE_BELOW``.
+
+    >>> unchecked_sigma_note(2.0, 100.0).split(": ")[0]
+    "sigma 2 (2.00% of the robust maximum) was read from the image's finest detail alone"
+    """
+    return (f"sigma {sigma:.4g} ({100 * sigma / scale:.2f}% of the robust maximum) was read from the image's finest "
+            "detail alone: the image is too small or thin, or too little of it is tissue well above that noise, to "
+            "check it against the anatomy, which fills that detail at coarse voxels and low noise and makes it read "
+            f"high; {SIGMA_ADVICE}")
 
 
 def whole_image_zero_filled(axes: tuple[int, ...], magnitude: bool) -> bool:
@@ -315,6 +338,8 @@ class DenoisePipeline:
         low_passed = estimate.correlation if relative_noise is None else None
         if estimated and relative_noise is None and (estimate.lowered or estimate.raised):
             notes.append(checked_sigma_note(estimate.haar_sigma, sigma, scale, low_passed))
+        elif estimated and relative_noise is None and estimate.fourth_sigma is None and sigma < UNCHECKED_NOTE_BELOW * scale:
+            notes.append(unchecked_sigma_note(sigma, scale))
         elif low_passed is not None:
             notes.append(f"{LOW_PASSED}: {correlation_note(low_passed)}")
         zero_filled = estimate.zero_filled

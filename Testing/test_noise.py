@@ -4,7 +4,7 @@ import torch
 
 from conftest import textured_series
 
-from MRIDenoiseLib import noise
+from MRIDenoiseLib import dct_wiener, noise
 from MRIDenoiseLib.benchmark_cases import remap_contrast, thick_slices
 from MRIDenoiseLib.local_means import local_mean_kernel
 from MRIDenoiseLib.mask import head_mask
@@ -194,6 +194,8 @@ def test_the_grouped_step_told_how_low_passed_noise_correlates_keeps_less_of_it(
     estimate = noise.estimate_noise(noisy)
     assert estimate.raised
     np.testing.assert_allclose(estimate.correlation[:, 1], [0.0, 0.667, 0.667], atol=0.08)  # measured 0.61
+    # One lag per voxel of the step's windows, which spread it over their frequencies.
+    assert estimate.correlation.shape == (3, dct_wiener.BLOCK)
     result = DenoisePipeline().run(noisy, (1.0, 1.0, 1.0), bias_correction=False)
     error_white = head_error(taken_for_white(noisy, result.sigma), clean)
     assert head_error(result.denoised, clean) < 0.93 * error_white  # measured: 7.12 against 7.96
