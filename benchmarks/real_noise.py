@@ -42,19 +42,21 @@ def compare(name: str, pipeline: DenoisePipeline) -> dict:
     first, others = series[0], series[1:].mean(axis=0)
     inside = head_mask(first)
     sigmas = estimate_sigma_in_series(series, 0)
+    alone = pipeline.run(first, spacing, bias_correction=False)  # sigma estimated: sigmas.alone
     results = {
         "raw": first,
         "DIPY": run_dipy(first),
         "ANTs": run_ants(first, spacing),
-        "MRIDenoise": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.alone).denoised,
+        "MRIDenoise": alone.denoised,
         "MRIDenoise, series sigma": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.sigma).denoised,
-        "--thorough": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.alone, thorough=True).denoised,
+        "--thorough": pipeline.run(first, spacing, bias_correction=False, thorough=True).denoised,
         "--thorough, series sigma": pipeline.run(first, spacing, bias_correction=False, sigma=sigmas.sigma,
                                                  thorough=True).denoised,
     }
     errors = {method: float(((result - others)[inside] ** 2).mean()) for method, result in results.items()}
     return {"series": name, "shape": list(first.shape), "volumes": len(series), "spacing": spacing,
-            "sigma alone": sigmas.alone, "sigma series": sigmas.from_series, "errors": errors}
+            "sigma alone": sigmas.alone, "sigma series": sigmas.from_series, "errors": errors,
+            "notes": [note.split(": ")[0] for note in alone.notes]}
 
 
 def table(rows: list[dict]) -> str:
@@ -66,7 +68,8 @@ def table(rows: list[dict]) -> str:
         cells = [f"{error:.1f} ({error / raw:.3f})" for error in row["errors"].values()]
         lines.append(f"| {row['series']} ({row['volumes']} volumes, {' x '.join(f'{s:g}' for s in row['spacing'])} mm) | "
                      f"{row['sigma alone']:.1f} / {row['sigma series']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    notes = [f"- {row['series']}: " + ("; ".join(row["notes"]) or "none") for row in rows]
+    return "\n".join([*lines, "", "What the command tells the user with volume 0 alone (each note's first clause):", "", *notes])
 
 
 def main() -> None:
