@@ -336,9 +336,10 @@ class DenoisePipeline:
                              f"its robust maximum ({scale:.4g})")
         # Where the noise looked low-passed, the grouped step is told its correlation between voxels.
         low_passed = estimate.correlation if relative_noise is None else None
-        if estimated and relative_noise is None and (estimate.lowered or estimate.raised):
+        sigma_is_the_estimate = estimated and relative_noise is None
+        if sigma_is_the_estimate and (estimate.lowered or estimate.raised):
             notes.append(checked_sigma_note(estimate.haar_sigma, sigma, scale, low_passed))
-        elif estimated and relative_noise is None and estimate.fourth_sigma is None and sigma < UNCHECKED_NOTE_BELOW * scale:
+        elif sigma_is_the_estimate and estimate.fourth_sigma is None and sigma < UNCHECKED_NOTE_BELOW * scale:
             notes.append(unchecked_sigma_note(sigma, scale))
         elif low_passed is not None:
             notes.append(f"{LOW_PASSED}: {correlation_note(low_passed)}")
